@@ -1,0 +1,23 @@
+//! An embedded log-structured merge-tree engine. It knows nothing about the cluster: keys are
+//! opaque bytes in lexicographic order (the node puts the 128-bit token first, so a token range
+//! is one contiguous scan), values are versioned [`Cell`]s resolved by a [`MergeRule`].
+
+pub mod cell;
+pub mod clock;
+pub mod codec;
+pub mod error;
+pub mod options;
+
+pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use options::{CompactionStrategy, Compression, Options, SyncPolicy};
+
+use bytes::Bytes;
+
+/// One write in a batch: a key and the cell to merge into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mutation {
+    pub key: Bytes,
+    pub cell: Cell,
+}

@@ -1,0 +1,265 @@
+use std::sync::Arc;
+
+use super::cell::{LastWriteWins, MergeRule};
+use super::clock::{Clock, SystemClock};
+use super::error::{Error, Result};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// When the WAL is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fdatasync before a write returns (concurrent writers share one sync: group commit).
+    Always,
+    /// fdatasync every `interval_ms` or every `writes` writes, whichever comes first. A crash
+    /// loses at most the last interval.
+    Periodic { interval_ms: u64, writes: u64 },
+    /// Never fsync the WAL; the OS writes it back when it likes.
+    Never,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        SyncPolicy::Periodic {
+            interval_ms: 100,
+            writes: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// zstd at this level, per block; a block that does not shrink is kept raw.
+    Zstd { level: i32 },
+}
+
+/// How SSTables are merged in the background.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CompactionStrategy {
+    /// L0 compacts into L1 at `l0_trigger_files`; L1 holds `l1_bytes`, each deeper level
+    /// `level_multiplier` times more; L1+ hold non-overlapping tables of `table_bytes_target`.
+    Leveled {
+        l0_trigger_files: usize,
+        l1_bytes: u64,
+        level_multiplier: u64,
+        table_bytes_target: u64,
+    },
+    /// Tables of similar size (within `bucket_low`..`bucket_high` of the bucket's average) merge
+    /// once `min_threshold` of them exist, at most `max_threshold` at a time.
+    SizeTiered {
+        min_threshold: usize,
+        max_threshold: usize,
+        bucket_low: f64,
+        bucket_high: f64,
+    },
+    /// Tables are grouped by the window of their newest timestamp and compacted size-tiered
+    /// within a window; a table whose every cell has expired is dropped whole.
+    TimeWindow { window_ms: u64, min_threshold: usize },
+}
+
+impl CompactionStrategy {
+    pub fn leveled() -> Self {
+        CompactionStrategy::Leveled {
+            l0_trigger_files: 4,
+            l1_bytes: 10 * MIB as u64,
+            level_multiplier: 10,
+            table_bytes_target: 8 * MIB as u64,
+        }
+    }
+
+    pub fn size_tiered() -> Self {
+        CompactionStrategy::SizeTiered {
+            min_threshold: 4,
+            max_threshold: 32,
+            bucket_low: 0.5,
+            bucket_high: 1.5,
+        }
+    }
+
+    pub fn time_window(window_ms: u64) -> Self {
+        CompactionStrategy::TimeWindow {
+            window_ms,
+            min_threshold: 4,
+        }
+    }
+}
+
+/// Engine settings. Defaults follow the design document.
+#[derive(Clone)]
+pub struct Options {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub batch_bytes_max: usize,
+    pub sync: SyncPolicy,
+    pub wal_segment_bytes_max: u64,
+    pub wal_segment_age_ms_max: u64,
+    /// Bytes reserved up front for each new WAL segment (0 disables preallocation).
+    pub wal_preallocate_bytes: u64,
+    pub memtable_bytes: usize,
+    /// Sealed memtables waiting for flush before writes stall.
+    pub immutable_memtables_max: usize,
+    pub block_bytes: usize,
+    pub compression: Compression,
+    pub bloom_bits_per_key: u32,
+    pub block_cache_bytes: usize,
+    pub row_cache_bytes: usize,
+    pub compaction: CompactionStrategy,
+    /// L0 file count at which writes are slowed down.
+    pub l0_slowdown_files: usize,
+    /// L0 file count at which writes wait for compaction.
+    pub l0_stop_files: usize,
+    /// Background compaction bandwidth (bytes written per second); 0 means unthrottled.
+    pub compaction_bytes_per_sec: u64,
+    /// Tombstones and expired cells older than now minus this may be purged, unless the caller
+    /// supplies its own horizon (the node ties it to completed repairs).
+    pub gc_grace_ms: u64,
+    pub merge_rule: Arc<dyn MergeRule>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            key_bytes_max: 64 * KIB,
+            value_bytes_max: 16 * MIB,
+            batch_bytes_max: 64 * MIB,
+            sync: SyncPolicy::default(),
+            wal_segment_bytes_max: 1024 * MIB as u64,
+            wal_segment_age_ms_max: 10 * 60 * 1000,
+            wal_preallocate_bytes: 64 * MIB as u64,
+            memtable_bytes: 64 * MIB,
+            immutable_memtables_max: 2,
+            block_bytes: 16 * KIB,
+            compression: Compression::Zstd { level: 1 },
+            bloom_bits_per_key: 10,
+            block_cache_bytes: 64 * MIB,
+            row_cache_bytes: 8 * MIB,
+            compaction: CompactionStrategy::leveled(),
+            l0_slowdown_files: 20,
+            l0_stop_files: 36,
+            compaction_bytes_per_sec: 0,
+            gc_grace_ms: 10 * 24 * 3600 * 1000,
+            merge_rule: Arc::new(LastWriteWins),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("sync", &self.sync)
+            .field("memtable_bytes", &self.memtable_bytes)
+            .field("block_bytes", &self.block_bytes)
+            .field("compression", &self.compression)
+            .field("compaction", &self.compaction)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// Refuses settings the engine cannot honour, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: String| Err(Error::InvalidOption { name, reason });
+        if !(4 * KIB..=64 * KIB).contains(&self.block_bytes) {
+            return bad("block_bytes", format!("{} is outside 4 KiB..=64 KiB", self.block_bytes));
+        }
+        if self.memtable_bytes < 64 * KIB {
+            return bad("memtable_bytes", format!("{} is below 64 KiB", self.memtable_bytes));
+        }
+        if self.key_bytes_max == 0 || self.key_bytes_max > u16::MAX as usize + 1 {
+            return bad("key_bytes_max", format!("{} is outside 1..=65536", self.key_bytes_max));
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > 256 * MIB {
+            return bad("value_bytes_max", format!("{} is outside 1..=256 MiB", self.value_bytes_max));
+        }
+        if self.immutable_memtables_max == 0 {
+            return bad("immutable_memtables_max", "must be at least 1".into());
+        }
+        if self.l0_slowdown_files > self.l0_stop_files {
+            return bad("l0_slowdown_files", "must not exceed l0_stop_files".into());
+        }
+        if self.bloom_bits_per_key > 32 {
+            return bad("bloom_bits_per_key", format!("{} is above 32", self.bloom_bits_per_key));
+        }
+        if let SyncPolicy::Periodic { interval_ms, writes } = self.sync {
+            if interval_ms == 0 || writes == 0 {
+                return bad("sync", "periodic interval_ms and writes must be positive".into());
+            }
+        }
+        if let Compression::Zstd { level } = self.compression {
+            if !(-7..=22).contains(&level) {
+                return bad("compression", format!("zstd level {level} is outside -7..=22"));
+            }
+        }
+        self.compaction_validate()
+    }
+
+    fn compaction_validate(&self) -> Result<()> {
+        let bad = |reason: &str| {
+            Err(Error::InvalidOption {
+                name: "compaction",
+                reason: reason.into(),
+            })
+        };
+        match self.compaction {
+            CompactionStrategy::Leveled {
+                l0_trigger_files,
+                level_multiplier,
+                l1_bytes,
+                table_bytes_target,
+            } => {
+                if l0_trigger_files < 2 || level_multiplier < 2 || l1_bytes == 0 {
+                    return bad("leveled needs l0_trigger_files >= 2, level_multiplier >= 2, l1_bytes > 0");
+                }
+                if table_bytes_target < 64 * KIB as u64 {
+                    return bad("leveled table_bytes_target must be at least 64 KiB");
+                }
+            }
+            CompactionStrategy::SizeTiered {
+                min_threshold,
+                max_threshold,
+                bucket_low,
+                bucket_high,
+            } => {
+                if min_threshold < 2 || max_threshold < min_threshold {
+                    return bad("size-tiered needs 2 <= min_threshold <= max_threshold");
+                }
+                if !(bucket_low > 0.0 && bucket_low < 1.0 && bucket_high > 1.0) {
+                    return bad("size-tiered needs 0 < bucket_low < 1 < bucket_high");
+                }
+            }
+            CompactionStrategy::TimeWindow {
+                window_ms,
+                min_threshold,
+            } => {
+                if window_ms == 0 || min_threshold < 2 {
+                    return bad("time-window needs window_ms > 0 and min_threshold >= 2");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Options::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_block_size_is_named() {
+        let opts = Options {
+            block_bytes: 1024,
+            ..Options::default()
+        };
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(err.contains("block_bytes"), "{err}");
+    }
+}
