@@ -6,6 +6,8 @@ pub mod cell;
 pub mod clock;
 pub mod codec;
 pub mod error;
+pub mod manifest;
+pub mod memtable;
 pub mod options;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
