@@ -78,7 +78,11 @@ impl Manifest {
     }
 
     fn check_format(&self) -> Result<()> {
-        match self.db.get(KEY_FORMAT).map_err(|e| sled_err(&self.path, e))? {
+        match self
+            .db
+            .get(KEY_FORMAT)
+            .map_err(|e| sled_err(&self.path, e))?
+        {
             None => {
                 let mut v = MAGIC.to_vec();
                 v.push(VERSION);
@@ -201,12 +205,17 @@ fn seal(mut body: Vec<u8>) -> Vec<u8> {
 
 fn unseal<'a>(path: &Path, key: &[u8], v: &'a [u8]) -> Result<&'a [u8]> {
     let name = describe_key(key);
-    let split = v.len().checked_sub(8).ok_or_else(|| {
-        Error::corruption(path, 0, format!("manifest record {name}: too short"))
-    })?;
+    let split = v
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| Error::corruption(path, 0, format!("manifest record {name}: too short")))?;
     let (body, sum) = v.split_at(split);
     if get_u64_le(sum, 0) != Some(xxh3_64(body)) {
-        return Err(Error::corruption(path, 0, format!("manifest record {name}: checksum mismatch")));
+        return Err(Error::corruption(
+            path,
+            0,
+            format!("manifest record {name}: checksum mismatch"),
+        ));
     }
     Ok(body)
 }
@@ -257,7 +266,10 @@ mod tests {
             .unwrap();
         }
         let (_, state) = Manifest::open(dir.path()).unwrap();
-        assert_eq!(state.tables.into_iter().collect::<Vec<_>>(), vec![(8, table(1, 200))]);
+        assert_eq!(
+            state.tables.into_iter().collect::<Vec<_>>(),
+            vec![(8, table(1, 200))]
+        );
         assert_eq!(state.wal_segments.into_iter().collect::<Vec<_>>(), vec![4]);
         assert_eq!((state.flushed_seq, state.next_file_number), (42, 9));
     }
@@ -266,10 +278,12 @@ mod tests {
     fn a_damaged_record_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (m, _) = Manifest::open(dir.path()).unwrap();
-        m.db.insert(prefixed(PREFIX_TABLE, 1), vec![VERSION; 21]).unwrap();
+        m.db.insert(prefixed(PREFIX_TABLE, 1), vec![VERSION; 21])
+            .unwrap();
         let err = m.read_state().unwrap_err().to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
-        m.db.insert(prefixed(PREFIX_TABLE, 1), vec![VERSION, 0, 0]).unwrap();
+        m.db.insert(prefixed(PREFIX_TABLE, 1), vec![VERSION, 0, 0])
+            .unwrap();
         let err = m.read_state().unwrap_err().to_string();
         assert!(err.contains("too short"), "{err}");
     }

@@ -5,7 +5,9 @@
 pub mod cell;
 pub mod clock;
 pub mod codec;
+pub mod compaction;
 pub mod error;
+pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
