@@ -6,6 +6,7 @@ pub mod cell;
 pub mod clock;
 pub mod codec;
 pub mod compaction;
+pub mod db;
 pub mod error;
 pub mod iter;
 pub mod manifest;
@@ -14,6 +15,7 @@ pub mod options;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use db::{Db, DbStats, Scan};
 pub use error::{Error, Result};
 pub use options::{CompactionStrategy, Compression, Options, SyncPolicy};
 
