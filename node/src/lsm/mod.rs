@@ -11,6 +11,7 @@ pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
+pub mod wal;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock};
