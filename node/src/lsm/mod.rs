@@ -12,6 +12,7 @@ pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
+pub mod wal;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock};
