@@ -8,6 +8,7 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod options;
+pub mod sstable;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock};
