@@ -43,7 +43,8 @@ fn value(i: u64) -> Vec<u8> {
 #[test]
 #[ignore = "child process of sigkill_loses_no_acknowledged_write"]
 fn crash_child_writer() {
-    let (Ok(dir), Ok(start)) = (std::env::var(CHILD_DIR_ENV), std::env::var(CHILD_START_ENV)) else {
+    let (Ok(dir), Ok(start)) = (std::env::var(CHILD_DIR_ENV), std::env::var(CHILD_START_ENV))
+    else {
         return;
     };
     let start: u64 = start.parse().unwrap();
@@ -60,7 +61,13 @@ fn crash_child_writer() {
 /// Returns the highest acknowledged key.
 fn run_and_kill(dir: &Path, start: u64, kill_after: u64) -> Option<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_START_ENV, start.to_string())
         .stdout(Stdio::piped())
@@ -83,7 +90,10 @@ fn run_and_kill(dir: &Path, start: u64, kill_after: u64) -> Option<u64> {
     }
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert!(count >= kill_after, "writer stopped early ({status}) after {count} acks");
+    assert!(
+        count >= kill_after,
+        "writer stopped early ({status}) after {count} acks"
+    );
     acked
 }
 
@@ -91,14 +101,26 @@ fn verify(dir: &Path, acked: u64) {
     let db = Db::open(dir, options()).unwrap();
     for i in 0..=acked {
         let got = db.get_live(&key(i)).unwrap();
-        assert_eq!(got.as_deref(), Some(&value(i)[..]), "acknowledged key {i} of {acked} lost");
+        assert_eq!(
+            got.as_deref(),
+            Some(&value(i)[..]),
+            "acknowledged key {i} of {acked} lost"
+        );
     }
     let mut seen = 0u64;
     for item in db.scan(Bound::Unbounded, Bound::Unbounded).unwrap() {
         let (k, cell) = item.unwrap();
         let i = u64::from_be_bytes(k.as_ref().try_into().unwrap());
-        assert!(i <= acked + 1, "key {i} appeared but the writer was at most at {}", acked + 1);
-        assert_eq!(cell.live_value(0).map(|v| v.to_vec()), Some(value(i)), "key {i} has wrong data");
+        assert!(
+            i <= acked + 1,
+            "key {i} appeared but the writer was at most at {}",
+            acked + 1
+        );
+        assert_eq!(
+            cell.live_value(0).map(|v| v.to_vec()),
+            Some(value(i)),
+            "key {i} has wrong data"
+        );
         seen += 1;
     }
     assert!(seen == acked + 1 || seen == acked + 2);
@@ -114,7 +136,8 @@ fn sigkill_loses_no_acknowledged_write() {
     let mut next = 0;
     for _ in 0..ROUNDS {
         let kill_after = rng.gen_range(20..1500);
-        let acked = run_and_kill(dir.path(), next, kill_after).expect("the writer acknowledged something");
+        let acked =
+            run_and_kill(dir.path(), next, kill_after).expect("the writer acknowledged something");
         verify(dir.path(), acked);
         next = acked + 1;
     }

@@ -287,20 +287,4 @@ mod tests {
         let err = m.read_state().unwrap_err().to_string();
         assert!(err.contains("too short"), "{err}");
     }
-
-    #[cfg(feature = "failpoints")]
-    #[test]
-    fn a_failed_edit_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (m, before) = Manifest::open(dir.path()).unwrap();
-        let scenario = fail::FailScenario::setup();
-        fail::cfg("manifest-edit", "return").unwrap();
-        let edit = VersionEdit {
-            add_wal: vec![1],
-            ..Default::default()
-        };
-        assert!(matches!(m.apply(&edit), Err(Error::Injected(_))));
-        scenario.teardown();
-        assert_eq!(m.read_state().unwrap(), before);
-    }
 }

@@ -2,6 +2,7 @@
 //! opaque bytes in lexicographic order (the node puts the 128-bit token first, so a token range
 //! is one contiguous scan), values are versioned [`Cell`]s resolved by a [`MergeRule`].
 
+pub mod cache;
 pub mod cell;
 pub mod clock;
 pub mod codec;
@@ -12,6 +13,7 @@ pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
+pub mod sstable;
 pub mod wal;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};

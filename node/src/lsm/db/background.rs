@@ -27,13 +27,20 @@ const CHECK_EVERY_ENTRIES: u64 = 4096;
 pub(super) fn start(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
     let flush = {
         let inner = inner.clone();
-        std::thread::Builder::new().name("lsm-flush".into()).spawn(move || flush_loop(&inner))
+        std::thread::Builder::new()
+            .name("lsm-flush".into())
+            .spawn(move || flush_loop(&inner))
     };
     let compact = {
         let inner = inner.clone();
-        std::thread::Builder::new().name("lsm-compact".into()).spawn(move || compaction_loop(&inner))
+        std::thread::Builder::new()
+            .name("lsm-compact".into())
+            .spawn(move || compaction_loop(&inner))
     };
-    [flush, compact].into_iter().map(|h| h.expect("spawning an LSM worker thread")).collect()
+    [flush, compact]
+        .into_iter()
+        .map(|h| h.expect("spawning an LSM worker thread"))
+        .collect()
 }
 
 fn record_failure(inner: &Inner, what: &str, e: &Error) {
@@ -64,24 +71,39 @@ fn next_sealed(inner: &Inner) -> Option<Arc<Memtable>> {
         if let Some(mem) = inner.current().imm.last() {
             return Some(mem.clone());
         }
-        inner.bg_cond.wait_for(&mut bg, Duration::from_millis(IDLE_TICK_MS));
+        inner
+            .bg_cond
+            .wait_for(&mut bg, Duration::from_millis(IDLE_TICK_MS));
     }
 }
 
 fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
     let started = Instant::now();
+    fail::fail_point!("flush-build", |_| Err(Error::Injected("flush-build")));
     let number = inner.next_file.fetch_add(1, Ordering::SeqCst);
     let table = if mem.is_empty() {
         None
     } else {
-        let source = MemtableIter::new(mem.clone(), inner.opts.merge_rule.clone(), Bound::Unbounded);
+        let source =
+            MemtableIter::new(mem.clone(), inner.opts.merge_rule.clone(), Bound::Unbounded);
         let meta = write_table(inner, number, 0, source)?;
         inner.counters.add_flush(meta.file_bytes);
         Some(Table::open(&inner.dir, number, inner.block_cache.clone())?)
     };
     let flushed_seq = inner.flushed_seq.load(Ordering::SeqCst).max(mem.max_seq());
     let edit = VersionEdit {
-        add_tables: table.iter().map(|t| (number, TableEntry { level: 0, file_bytes: t.meta().file_bytes })).collect(),
+        add_tables: table
+            .iter()
+            .map(|t| {
+                (
+                    number,
+                    TableEntry {
+                        level: 0,
+                        file_bytes: t.meta().file_bytes,
+                    },
+                )
+            })
+            .collect(),
         remove_wal: mem.wal_segments().to_vec(),
         flushed_seq: Some(flushed_seq),
         next_file_number: Some(inner.next_file.load(Ordering::SeqCst)),
@@ -91,21 +113,42 @@ fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
         let _edit = inner.edit_lock.lock();
         inner.manifest.apply(&edit)?;
         inner.flushed_seq.store(flushed_seq, Ordering::SeqCst);
+        // Before the install, so a waiter that sees the memtable gone also sees work pending.
+        inner.bg.lock().compaction_wanted = true;
         let mut version = inner.version.write();
-        let imm = version.imm.iter().filter(|m| !Arc::ptr_eq(m, mem)).cloned().collect();
+        let imm = version
+            .imm
+            .iter()
+            .filter(|m| !Arc::ptr_eq(m, mem))
+            .cloned()
+            .collect();
         let next = version.with_memtables(version.mem.clone(), imm);
         *version = Arc::new(next.with_tables(&[], table.into_iter().map(|t| (0, t)).collect()));
     }
     for segment in mem.wal_segments() {
         crate::lsm::wal::delete_segment(&inner.dir, *segment)?;
     }
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "flushed a memtable");
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "flushed a memtable"
+    );
     Ok(())
 }
 
 /// Writes every entry of `source` into one new table.
-fn write_table(inner: &Inner, number: u64, level: u32, source: impl Iterator<Item = Result<(Bytes, Cell)>>) -> Result<TableMeta> {
-    let mut builder = TableBuilder::create(&inner.dir, number, level, inner.opts.clock.now_ms(), &table_options(inner))?;
+fn write_table(
+    inner: &Inner,
+    number: u64,
+    level: u32,
+    source: impl Iterator<Item = Result<(Bytes, Cell)>>,
+) -> Result<TableMeta> {
+    let mut builder = TableBuilder::create(
+        &inner.dir,
+        number,
+        level,
+        inner.opts.clock.now_ms(),
+        &table_options(inner),
+    )?;
     for item in source {
         let added = item.and_then(|(k, c)| builder.add(&k, &c));
         if let Err(e) = added {
@@ -142,7 +185,10 @@ fn compaction_loop(inner: &Inner) {
 fn wait_for_compaction_work(inner: &Inner) -> bool {
     let mut bg = inner.bg.lock();
     while !bg.compaction_wanted && !bg.shutdown {
-        let timed_out = inner.bg_cond.wait_for(&mut bg, Duration::from_millis(IDLE_TICK_MS)).timed_out();
+        let timed_out = inner
+            .bg_cond
+            .wait_for(&mut bg, Duration::from_millis(IDLE_TICK_MS))
+            .timed_out();
         if timed_out {
             break;
         }
@@ -182,28 +228,55 @@ pub(super) fn pick(inner: &Inner, v: &Version) -> Option<Task> {
 fn run_task(inner: &Inner, v: &Version, task: Task) -> Result<()> {
     let started = Instant::now();
     match &task {
-        Task::Merge { inputs, output_level, table_bytes_target } => {
+        Task::Merge {
+            inputs,
+            output_level,
+            table_bytes_target,
+        } => {
             let Some(outputs) = merge(inner, v, inputs, *output_level, *table_bytes_target)? else {
                 return Ok(());
             };
             install(inner, inputs, outputs, *output_level)?;
         }
-        Task::Move { file_number, to_level } => {
-            let (_, table) = v.find_table(*file_number).ok_or_else(|| missing(*file_number))?;
+        Task::Move {
+            file_number,
+            to_level,
+        } => {
+            let (_, table) = v
+                .find_table(*file_number)
+                .ok_or_else(|| missing(*file_number))?;
             let edit = VersionEdit {
-                add_tables: vec![(*file_number, TableEntry { level: *to_level, file_bytes: table.meta().file_bytes })],
+                add_tables: vec![(
+                    *file_number,
+                    TableEntry {
+                        level: *to_level,
+                        file_bytes: table.meta().file_bytes,
+                    },
+                )],
                 ..Default::default()
             };
-            apply_and_install(inner, &edit, &[*file_number], vec![(*to_level, table.clone())])?;
+            apply_and_install(
+                inner,
+                &edit,
+                &[*file_number],
+                vec![(*to_level, table.clone())],
+            )?;
         }
         Task::Drop { files } => {
-            let edit = VersionEdit { remove_tables: files.clone(), ..Default::default() };
+            let edit = VersionEdit {
+                remove_tables: files.clone(),
+                ..Default::default()
+            };
             apply_and_install(inner, &edit, files, Vec::new())?;
             delete_tables(inner, files)?;
         }
     }
     inner.counters.add_compaction();
-    tracing::debug!(?task, elapsed_ms = started.elapsed().as_millis() as u64, "compaction done");
+    tracing::debug!(
+        ?task,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compaction done"
+    );
     Ok(())
 }
 
@@ -212,9 +285,21 @@ fn missing(file_number: u64) -> Error {
 }
 
 /// Merges the inputs into new tables; `None` if shutdown interrupted it.
-fn merge(inner: &Inner, v: &Version, inputs: &[u64], level: u32, target: Option<u64>) -> Result<Option<Vec<TableMeta>>> {
-    let tables: Vec<Arc<Table>> =
-        inputs.iter().map(|n| v.find_table(*n).map(|(_, t)| t.clone()).ok_or_else(|| missing(*n))).collect::<Result<_>>()?;
+fn merge(
+    inner: &Inner,
+    v: &Version,
+    inputs: &[u64],
+    level: u32,
+    target: Option<u64>,
+) -> Result<Option<Vec<TableMeta>>> {
+    let tables: Vec<Arc<Table>> = inputs
+        .iter()
+        .map(|n| {
+            v.find_table(*n)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| missing(*n))
+        })
+        .collect::<Result<_>>()?;
     let gc = Gc::new(inner, v, inputs);
     let mut sources: Vec<Source> = Vec::with_capacity(tables.len());
     for t in &tables {
@@ -222,7 +307,9 @@ fn merge(inner: &Inner, v: &Version, inputs: &[u64], level: u32, target: Option<
         it.seek_to_first()?;
         sources.push(Box::new(it));
     }
-    inner.counters.add_compaction_read(tables.iter().map(|t| t.meta().file_bytes).sum());
+    inner
+        .counters
+        .add_compaction_read(tables.iter().map(|t| t.meta().file_bytes).sum());
     let mut out = Outputs::new(inner, level, target);
     let mut seen = 0u64;
     for item in MergeIter::new(sources, inner.opts.merge_rule.clone(), Bound::Unbounded) {
@@ -231,7 +318,7 @@ fn merge(inner: &Inner, v: &Version, inputs: &[u64], level: u32, target: Option<
             out.add(&key, &cell)?;
         }
         seen += 1;
-        if seen % CHECK_EVERY_ENTRIES == 0 && !out.pace()? {
+        if seen.is_multiple_of(CHECK_EVERY_ENTRIES) && !out.pace() {
             out.abandon();
             return Ok(None);
         }
@@ -241,7 +328,8 @@ fn merge(inner: &Inner, v: &Version, inputs: &[u64], level: u32, target: Option<
 }
 
 /// Decides, cell by cell, what a compaction may drop.
-struct Gc {
+struct Gc<'a> {
+    inner: &'a Inner,
     now_ms: u64,
     horizon_ms: u64,
     others: Vec<Arc<Table>>,
@@ -249,12 +337,17 @@ struct Gc {
     purged: std::cell::Cell<u64>,
 }
 
-impl Gc {
-    fn new(inner: &Inner, v: &Version, inputs: &[u64]) -> Self {
+impl<'a> Gc<'a> {
+    fn new(inner: &'a Inner, v: &Version, inputs: &[u64]) -> Self {
         Gc {
+            inner,
             now_ms: inner.opts.clock.now_ms(),
             horizon_ms: inner.gc_horizon_ms(),
-            others: v.tables().filter(|(_, t)| !inputs.contains(&t.meta().file_number)).map(|(_, t)| t.clone()).collect(),
+            others: v
+                .tables()
+                .filter(|(_, t)| !inputs.contains(&t.meta().file_number))
+                .map(|(_, t)| t.clone())
+                .collect(),
             memtables: v.memtables().cloned().collect(),
             purged: std::cell::Cell::new(0),
         }
@@ -266,9 +359,14 @@ impl Gc {
     fn keep(&self, key: &[u8], mut cell: Cell) -> Option<Cell> {
         if !cell.is_tombstone() && cell.is_expired(self.now_ms) {
             cell.value = CellValue::Tombstone;
+            self.inner.invalidate_row(key);
         }
-        if cell.is_tombstone() && deletion_ms(&cell) < self.horizon_ms && !self.shadows_elsewhere(key, &cell) {
+        if cell.is_tombstone()
+            && deletion_ms(&cell) < self.horizon_ms
+            && !self.shadows_elsewhere(key, &cell)
+        {
             self.purged.set(self.purged.get() + 1);
+            self.inner.invalidate_row(key);
             return None;
         }
         Some(cell)
@@ -277,9 +375,16 @@ impl Gc {
     fn shadows_elsewhere(&self, key: &[u8], cell: &Cell) -> bool {
         let in_tables = self.others.iter().any(|t| {
             let p = &t.meta().props;
-            p.min_timestamp <= cell.timestamp && p.min_key.as_ref() <= key && key <= p.max_key.as_ref() && t.may_contain(key)
+            p.min_timestamp <= cell.timestamp
+                && p.min_key.as_ref() <= key
+                && key <= p.max_key.as_ref()
+                && t.may_contain(key)
         });
-        in_tables || self.memtables.iter().any(|m| m.min_timestamp() <= cell.timestamp && m.contains(key))
+        in_tables
+            || self
+                .memtables
+                .iter()
+                .any(|m| m.min_timestamp() <= cell.timestamp && m.contains(key))
     }
 }
 
@@ -295,14 +400,27 @@ struct Outputs<'a> {
 
 impl<'a> Outputs<'a> {
     fn new(inner: &'a Inner, level: u32, target: Option<u64>) -> Self {
-        Outputs { inner, level, target, current: None, done: Vec::new(), started: Instant::now() }
+        Outputs {
+            inner,
+            level,
+            target,
+            current: None,
+            done: Vec::new(),
+            started: Instant::now(),
+        }
     }
 
     fn add(&mut self, key: &[u8], cell: &Cell) -> Result<()> {
         if self.current.is_none() {
             let number = self.inner.next_file.fetch_add(1, Ordering::SeqCst);
             let opts = table_options(self.inner);
-            self.current = Some(TableBuilder::create(&self.inner.dir, number, self.level, self.inner.opts.clock.now_ms(), &opts)?);
+            self.current = Some(TableBuilder::create(
+                &self.inner.dir,
+                number,
+                self.level,
+                self.inner.opts.clock.now_ms(),
+                &opts,
+            )?);
         }
         let builder = self.current.as_mut().expect("a builder was just created");
         builder.add(key, cell)?;
@@ -322,11 +440,12 @@ impl<'a> Outputs<'a> {
     }
 
     fn written_bytes(&self) -> u64 {
-        self.done.iter().map(|m| m.file_bytes).sum::<u64>() + self.current.as_ref().map_or(0, |b| b.estimated_bytes())
+        self.done.iter().map(|m| m.file_bytes).sum::<u64>()
+            + self.current.as_ref().map_or(0, |b| b.estimated_bytes())
     }
 
     /// Sleeps as long as the throttle asks; false if the database is shutting down.
-    fn pace(&self) -> Result<bool> {
+    fn pace(&self) -> bool {
         let rate = self.inner.opts.compaction_bytes_per_sec;
         if rate > 0 {
             let due = Duration::from_secs_f64(self.written_bytes() as f64 / rate as f64);
@@ -334,7 +453,7 @@ impl<'a> Outputs<'a> {
                 std::thread::sleep(wait.min(Duration::from_millis(IDLE_TICK_MS)));
             }
         }
-        Ok(!self.inner.bg.lock().shutdown)
+        !self.inner.bg.lock().shutdown
     }
 
     fn abandon(mut self) {
@@ -342,7 +461,10 @@ impl<'a> Outputs<'a> {
             let _ = b.abandon();
         }
         for meta in &self.done {
-            let _ = std::fs::remove_file(crate::lsm::sstable::table_path(&self.inner.dir, meta.file_number));
+            let _ = std::fs::remove_file(crate::lsm::sstable::table_path(
+                &self.inner.dir,
+                meta.file_number,
+            ));
         }
     }
 
@@ -355,10 +477,24 @@ impl<'a> Outputs<'a> {
 fn install(inner: &Inner, inputs: &[u64], outputs: Vec<TableMeta>, level: u32) -> Result<()> {
     let mut added = Vec::with_capacity(outputs.len());
     for meta in &outputs {
-        added.push((level, Table::open(&inner.dir, meta.file_number, inner.block_cache.clone())?));
+        added.push((
+            level,
+            Table::open(&inner.dir, meta.file_number, inner.block_cache.clone())?,
+        ));
     }
     let edit = VersionEdit {
-        add_tables: outputs.iter().map(|m| (m.file_number, TableEntry { level, file_bytes: m.file_bytes })).collect(),
+        add_tables: outputs
+            .iter()
+            .map(|m| {
+                (
+                    m.file_number,
+                    TableEntry {
+                        level,
+                        file_bytes: m.file_bytes,
+                    },
+                )
+            })
+            .collect(),
         remove_tables: inputs.to_vec(),
         next_file_number: Some(inner.next_file.load(Ordering::SeqCst)),
         ..Default::default()
@@ -367,7 +503,12 @@ fn install(inner: &Inner, inputs: &[u64], outputs: Vec<TableMeta>, level: u32) -
     delete_tables(inner, inputs)
 }
 
-fn apply_and_install(inner: &Inner, edit: &VersionEdit, removed: &[u64], added: Vec<(u32, Arc<Table>)>) -> Result<()> {
+fn apply_and_install(
+    inner: &Inner,
+    edit: &VersionEdit,
+    removed: &[u64],
+    added: Vec<(u32, Arc<Table>)>,
+) -> Result<()> {
     let _edit = inner.edit_lock.lock();
     inner.manifest.apply(edit)?;
     let mut version = inner.version.write();

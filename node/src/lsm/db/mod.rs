@@ -28,8 +28,8 @@ use super::options::{CompactionStrategy, Options};
 use super::wal::Wal;
 use super::Mutation;
 
-pub use stats::DbStats;
 use stats::Counters;
+pub use stats::DbStats;
 use version::Version;
 
 /// Shards of the row-cache write counters (see [`Inner::row_cache_guard`]).
@@ -144,7 +144,9 @@ impl Db {
     /// e.g. the start of the last repair that covered all data. `None` returns to now minus
     /// `gc_grace_ms`.
     pub fn set_gc_horizon_ms(&self, horizon_ms: Option<u64>) {
-        self.inner.gc_horizon_ms.store(horizon_ms.unwrap_or(0), Ordering::SeqCst);
+        self.inner
+            .gc_horizon_ms
+            .store(horizon_ms.unwrap_or(0), Ordering::SeqCst);
         self.inner.wake_background();
     }
 
@@ -217,13 +219,13 @@ impl Inner {
         self.throttle_writes()?;
         {
             let mem = self.write_gate.read();
-            let seq = self.next_seq.fetch_add(batch.len() as u64, Ordering::SeqCst);
+            let seq = self
+                .next_seq
+                .fetch_add(batch.len() as u64, Ordering::SeqCst);
             self.wal.append(seq, &batch)?;
             for (i, m) in batch.into_iter().enumerate() {
-                let guard = self.row_cache_stripe(&m.key);
                 mem.insert(m.key.clone(), seq + i as u64, m.cell);
-                guard.fetch_add(1, Ordering::SeqCst);
-                self.row_cache.remove(&m.key);
+                self.invalidate_row(&m.key);
             }
         }
         self.counters.add_user_bytes(user_bytes);
@@ -237,16 +239,25 @@ impl Inner {
                 return Err(Error::KeyEmpty);
             }
             if m.key.len() > self.opts.key_bytes_max {
-                return Err(Error::KeyTooLarge { len: m.key.len(), max: self.opts.key_bytes_max });
+                return Err(Error::KeyTooLarge {
+                    len: m.key.len(),
+                    max: self.opts.key_bytes_max,
+                });
             }
             let value = m.cell.value_len() + m.cell.causal.len();
             if value > self.opts.value_bytes_max {
-                return Err(Error::ValueTooLarge { len: value, max: self.opts.value_bytes_max });
+                return Err(Error::ValueTooLarge {
+                    len: value,
+                    max: self.opts.value_bytes_max,
+                });
             }
             total += m.key.len() + value;
         }
         if total > self.opts.batch_bytes_max {
-            return Err(Error::BatchTooLarge { len: total, max: self.opts.batch_bytes_max });
+            return Err(Error::BatchTooLarge {
+                len: total,
+                max: self.opts.batch_bytes_max,
+            });
         }
         Ok(total as u64)
     }
@@ -273,7 +284,8 @@ impl Inner {
                 {
                     let mut bg = self.bg.lock();
                     if bg.error.is_none() && !bg.shutdown {
-                        self.bg_cond.wait_for(&mut bg, Duration::from_millis(STALL_POLL_MS));
+                        self.bg_cond
+                            .wait_for(&mut bg, Duration::from_millis(STALL_POLL_MS));
                     }
                 }
                 self.counters.add_stall(started.elapsed());
@@ -314,7 +326,9 @@ impl Inner {
         let fresh = Arc::new(Memtable::new(vec![segment]));
         let sealed = std::mem::replace(&mut *mem, fresh.clone());
         let mut version = self.version.write();
-        let imm = std::iter::once(sealed).chain(version.imm.iter().cloned()).collect();
+        let imm = std::iter::once(sealed)
+            .chain(version.imm.iter().cloned())
+            .collect();
         *version = Arc::new(version.with_memtables(fresh, imm));
         drop(version);
         self.wake_background();
@@ -329,7 +343,9 @@ impl Inner {
         let before = stripe.load(Ordering::SeqCst);
         let found = self.current().get(key, &*self.opts.merge_rule)?;
         if self.row_cache.is_enabled() && stripe.load(Ordering::SeqCst) == before {
-            let charge = key.len() + found.as_ref().map_or(0, |c| c.encoded_len()) + ROW_CACHE_ENTRY_OVERHEAD_BYTES;
+            let charge = key.len()
+                + found.as_ref().map_or(0, |c| c.encoded_len())
+                + ROW_CACHE_ENTRY_OVERHEAD_BYTES;
             let key = Bytes::copy_from_slice(key);
             self.row_cache.insert(key.clone(), found.clone(), charge);
             if stripe.load(Ordering::SeqCst) != before {
@@ -337,6 +353,14 @@ impl Inner {
             }
         }
         Ok(found)
+    }
+
+    /// Called after the stored cell of `key` changed.
+    fn invalidate_row(&self, key: &[u8]) {
+        if self.row_cache.is_enabled() {
+            self.row_cache_stripe(key).fetch_add(1, Ordering::SeqCst);
+            self.row_cache.remove(key);
+        }
     }
 
     /// The write counter a row-cache fill must see unchanged. A writer bumps it after its
@@ -348,7 +372,9 @@ impl Inner {
     }
 
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Scan> {
-        let sources = self.current().scan_sources(start, end, &self.opts.merge_rule)?;
+        let sources = self
+            .current()
+            .scan_sources(start, end, &self.opts.merge_rule)?;
         let end = end.map(Bytes::copy_from_slice);
         let skip_first = match start {
             Bound::Excluded(k) => Some(Bytes::copy_from_slice(k)),
@@ -382,21 +408,27 @@ impl Inner {
             if bg.shutdown {
                 return Err(Error::Closed);
             }
-            self.bg_cond.wait_for(&mut bg, Duration::from_millis(STALL_POLL_MS));
+            self.bg_cond
+                .wait_for(&mut bg, Duration::from_millis(STALL_POLL_MS));
         }
     }
 
     /// Wall-clock ms before which deleted cells may be purged.
     fn gc_horizon_ms(&self) -> u64 {
         match self.gc_horizon_ms.load(Ordering::SeqCst) {
-            0 => self.opts.clock.now_ms().saturating_sub(self.opts.gc_grace_ms),
+            0 => self
+                .opts
+                .clock
+                .now_ms()
+                .saturating_sub(self.opts.gc_grace_ms),
             h => h,
         }
     }
 
     fn stats(&self) -> DbStats {
         let v = self.current();
-        self.counters.snapshot(&v, &self.block_cache, &self.row_cache, &self.wal)
+        self.counters
+            .snapshot(&v, &self.block_cache, &self.row_cache, &self.wal)
     }
 }
 

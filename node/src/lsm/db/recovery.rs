@@ -30,7 +30,12 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
     remove_unlisted_files(dir, &state)?;
     let block_cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
     let tables = open_tables(dir, &state, &block_cache)?;
-    let max_file = tables.iter().map(|(_, t)| t.meta().file_number).chain(state.wal_segments.iter().copied()).max().unwrap_or(0);
+    let max_file = tables
+        .iter()
+        .map(|(_, t)| t.meta().file_number)
+        .chain(state.wal_segments.iter().copied())
+        .max()
+        .unwrap_or(0);
     let new_segment = state.next_file_number.max(max_file + 1);
     let mut segments: Vec<u64> = state.wal_segments.iter().copied().collect();
     segments.push(new_segment);
@@ -78,12 +83,23 @@ fn wal_options(opts: &Options) -> WalOptions {
 /// An exclusive advisory lock on the directory, released when the returned file is closed.
 fn lock_dir(dir: &Path) -> Result<fs::File> {
     let path = dir.join(LOCK_FILE);
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
     // SAFETY: flock on a valid, open descriptor has no memory-safety preconditions.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        return Err(Error::io(&path, std::io::Error::new(err.kind(), format!("database is in use by another process: {err}"))));
+        return Err(Error::io(
+            &path,
+            std::io::Error::new(
+                err.kind(),
+                format!("database is in use by another process: {err}"),
+            ),
+        ));
     }
     Ok(file)
 }
@@ -91,14 +107,22 @@ fn lock_dir(dir: &Path) -> Result<fs::File> {
 /// Tables and WAL segments the manifest does not list are leftovers of a crash mid-flush or
 /// mid-compaction (or already obsolete); removing them keeps the directory equal to the manifest.
 fn remove_unlisted_files(dir: &Path, state: &ManifestState) -> Result<()> {
-    let live_wal: Vec<_> = state.wal_segments.iter().map(|id| wal::segment_path(dir, *id)).collect();
+    let live_wal: Vec<_> = state
+        .wal_segments
+        .iter()
+        .map(|id| wal::segment_path(dir, *id))
+        .collect();
     let live_tables: Vec<_> = state.tables.keys().map(|id| table_path(dir, *id)).collect();
     for entry in fs::read_dir(dir).at(dir)? {
         let path = entry.at(dir)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let is_table = name.ends_with(".sst") || name.ends_with(".sst.tmp");
         let is_wal = wal::segment_id_of(&path).is_some();
-        let stale = (is_table && !live_tables.contains(&path)) || (is_wal && !live_wal.contains(&path));
+        let stale =
+            (is_table && !live_tables.contains(&path)) || (is_wal && !live_wal.contains(&path));
         if stale {
             tracing::info!(file = %path.display(), "removing file not in the manifest");
             fs::remove_file(&path).at(&path)?;
@@ -107,12 +131,20 @@ fn remove_unlisted_files(dir: &Path, state: &ManifestState) -> Result<()> {
     Ok(())
 }
 
-fn open_tables(dir: &Path, state: &ManifestState, cache: &Arc<BlockCache>) -> Result<Vec<(u32, Arc<Table>)>> {
+fn open_tables(
+    dir: &Path,
+    state: &ManifestState,
+    cache: &Arc<BlockCache>,
+) -> Result<Vec<(u32, Arc<Table>)>> {
     let mut tables = Vec::with_capacity(state.tables.len());
     for (&number, entry) in &state.tables {
         let table = Table::open(dir, number, cache.clone())?;
         if table.meta().file_bytes != entry.file_bytes {
-            let reason = format!("manifest says {} bytes, file has {}", entry.file_bytes, table.meta().file_bytes);
+            let reason = format!(
+                "manifest says {} bytes, file has {}",
+                entry.file_bytes,
+                table.meta().file_bytes
+            );
             return Err(Error::corruption(table.path(), 0, reason));
         }
         tables.push((entry.level, table));

@@ -63,7 +63,13 @@ impl Counters {
         bump(&self.slowdowns, 1);
     }
 
-    pub fn snapshot(&self, v: &Version, block_cache: &BlockCache, row_cache: &LruCache<Bytes, Option<Cell>>, wal: &Wal) -> DbStats {
+    pub fn snapshot(
+        &self,
+        v: &Version,
+        block_cache: &BlockCache,
+        row_cache: &LruCache<Bytes, Option<Cell>>,
+        wal: &Wal,
+    ) -> DbStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DbStats {
             user_bytes_written: get(&self.user_bytes),
@@ -79,7 +85,11 @@ impl Counters {
             memtable_bytes: v.mem.approx_bytes() as u64,
             immutable_memtables: v.imm.len(),
             tables_per_level: v.levels.iter().map(|l| l.len()).collect(),
-            bytes_per_level: v.levels.iter().map(|l| l.iter().map(|t| t.meta().file_bytes).sum()).collect(),
+            bytes_per_level: v
+                .levels
+                .iter()
+                .map(|l| l.iter().map(|t| t.meta().file_bytes).sum())
+                .collect(),
             block_cache: block_cache.stats(),
             row_cache: row_cache.stats(),
             wal: wal.stats(),

@@ -76,17 +76,23 @@ fn expired_cells_read_as_deleted_and_are_purged_after_the_horizon() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
     let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
-    db.put(b"ttl", Cell::value(ts(0), "v").with_expiry(T0_MS + 1000)).unwrap();
+    db.put(b"ttl", Cell::value(ts(0), "v").with_expiry(T0_MS + 1000))
+        .unwrap();
     assert!(live(&db, b"ttl").is_some());
     clock.advance(1000);
     assert_eq!(live(&db, b"ttl"), None);
     db.set_gc_horizon_ms(Some(T0_MS + 2000));
     for i in 0..3u64 {
-        db.put(format!("other{i}").as_bytes(), Cell::value(ts(1), "x")).unwrap();
+        db.put(format!("other{i}").as_bytes(), Cell::value(ts(1), "x"))
+            .unwrap();
         db.flush().unwrap();
     }
     db.wait_for_compactions().unwrap();
-    assert_eq!(db.get(b"ttl").unwrap(), None, "purged once past the horizon");
+    assert_eq!(
+        db.get(b"ttl").unwrap(),
+        None,
+        "purged once past the horizon"
+    );
     assert!(db.stats().purged_cells >= 1);
 }
 
@@ -108,7 +114,11 @@ fn a_purged_tombstone_never_resurrects_data_in_older_tables() {
     db.put(b"victim", Cell::value(ts(1), "old")).unwrap();
     db.flush().unwrap();
     for i in 0..200u32 {
-        db.put(format!("pad{i:04}").as_bytes(), Cell::value(ts(2), vec![7u8; 200])).unwrap();
+        db.put(
+            format!("pad{i:04}").as_bytes(),
+            Cell::value(ts(2), vec![7u8; 200]),
+        )
+        .unwrap();
     }
     db.flush().unwrap();
     db.put(b"victim", Cell::tombstone(ts(3))).unwrap();
@@ -127,7 +137,8 @@ fn scans_merge_every_source_and_honour_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), small_opts(Arc::new(ManualClock::new(T0_MS)))).unwrap();
     for i in 0..2000u32 {
-        db.put(&i.to_be_bytes(), Cell::value(ts(1), vec![1u8; 50])).unwrap();
+        db.put(&i.to_be_bytes(), Cell::value(ts(1), vec![1u8; 50]))
+            .unwrap();
     }
     db.flush().unwrap();
     for i in (0..2000u32).step_by(2) {
@@ -156,13 +167,26 @@ fn oversized_and_empty_input_is_refused_and_nothing_is_written() {
     assert!(matches!(err, Error::KeyTooLarge { .. }), "{err}");
     let big_value = vec![0u8; opts.value_bytes_max + 1];
     let batch = vec![
-        Mutation { key: Bytes::from_static(b"ok"), cell: Cell::value(1, "fine") },
-        Mutation { key: Bytes::from_static(b"big"), cell: Cell::value(1, big_value) },
+        Mutation {
+            key: Bytes::from_static(b"ok"),
+            cell: Cell::value(1, "fine"),
+        },
+        Mutation {
+            key: Bytes::from_static(b"big"),
+            cell: Cell::value(1, big_value),
+        },
     ];
     let err = db.write(batch).unwrap_err();
     assert!(err.to_string().contains("above the limit"), "{err}");
-    assert!(matches!(db.put(b"", Cell::value(1, "v")), Err(Error::KeyEmpty)));
-    assert_eq!(db.get(b"ok").unwrap(), None, "a refused batch writes nothing");
+    assert!(matches!(
+        db.put(b"", Cell::value(1, "v")),
+        Err(Error::KeyEmpty)
+    ));
+    assert_eq!(
+        db.get(b"ok").unwrap(),
+        None,
+        "a refused batch writes nothing"
+    );
     assert_eq!(db.stats().wal.records, 0);
 }
 
@@ -177,11 +201,17 @@ fn a_second_open_of_the_same_directory_is_refused() {
 #[test]
 fn files_not_in_the_manifest_are_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    Db::open(dir.path(), Options::default()).unwrap().close().unwrap();
+    Db::open(dir.path(), Options::default())
+        .unwrap()
+        .close()
+        .unwrap();
     let stray = crate::lsm::sstable::table_path(dir.path(), 999);
     std::fs::write(&stray, b"half-written").unwrap();
     std::fs::write(dir.path().join("000998.sst.tmp"), b"x").unwrap();
-    Db::open(dir.path(), Options::default()).unwrap().close().unwrap();
+    Db::open(dir.path(), Options::default())
+        .unwrap()
+        .close()
+        .unwrap();
     assert!(!stray.exists());
     assert!(!dir.path().join("000998.sst.tmp").exists());
 }
@@ -193,7 +223,8 @@ fn a_corrupt_table_is_an_error_naming_the_file_never_wrong_data() {
     {
         let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
         for i in 0..100u32 {
-            db.put(&i.to_be_bytes(), Cell::value(ts(1), vec![i as u8; 100])).unwrap();
+            db.put(&i.to_be_bytes(), Cell::value(ts(1), vec![i as u8; 100]))
+                .unwrap();
         }
         db.flush().unwrap();
         db.close().unwrap();
@@ -211,7 +242,10 @@ fn a_corrupt_table_is_an_error_naming_the_file_never_wrong_data() {
         .map(|i| db.get(&i.to_be_bytes()))
         .find_map(|r| r.err())
         .expect("a read of the damaged block fails");
-    assert!(err.to_string().contains(&sst.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&sst.display().to_string()),
+        "{err}"
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -260,7 +294,8 @@ impl Model {
     }
 }
 
-use crate::lsm::cell::LastWriteWins;
+use crate::lsm::cell::{LastWriteWins, MergeRule};
+use crate::lsm::clock::Clock;
 
 fn key_of(k: u8) -> Vec<u8> {
     format!("key-{:03}", k % 64).into_bytes()
@@ -277,7 +312,10 @@ fn check_against(db: &Db, model: &Model, now_ms: u64) -> Result<(), TestCaseErro
     prop_assert_eq!(&scanned, &expect);
     for k in 0..64u8 {
         let key = key_of(k);
-        let want = expect.iter().find(|(mk, _)| *mk == key).map(|(_, v)| v.clone());
+        let want = expect
+            .iter()
+            .find(|(mk, _)| *mk == key)
+            .map(|(_, v)| v.clone());
         prop_assert_eq!(db.get_live(&key).unwrap(), want);
     }
     Ok(())

@@ -24,7 +24,11 @@ pub struct Version {
 }
 
 impl Version {
-    pub fn new(mem: Arc<Memtable>, imm: Vec<Arc<Memtable>>, tables: Vec<(u32, Arc<Table>)>) -> Self {
+    pub fn new(
+        mem: Arc<Memtable>,
+        imm: Vec<Arc<Memtable>>,
+        tables: Vec<(u32, Arc<Table>)>,
+    ) -> Self {
         let mut levels: Vec<Vec<Arc<Table>>> = vec![Vec::new(); LEVELS_MAX as usize];
         for (level, table) in tables {
             levels[level as usize].push(table);
@@ -47,7 +51,12 @@ impl Version {
         let mut levels: Vec<Vec<Arc<Table>>> = self
             .levels
             .iter()
-            .map(|l| l.iter().filter(|t| !removed.contains(&t.meta().file_number)).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .filter(|t| !removed.contains(&t.meta().file_number))
+                    .cloned()
+                    .collect()
+            })
             .collect();
         for (level, table) in added {
             levels[level as usize].push(table);
@@ -72,22 +81,30 @@ impl Version {
     }
 
     pub fn find_table(&self, file_number: u64) -> Option<(u32, &Arc<Table>)> {
-        self.tables().find(|(_, t)| t.meta().file_number == file_number)
+        self.tables()
+            .find(|(_, t)| t.meta().file_number == file_number)
     }
 
     pub fn table_infos(&self) -> Vec<TableInfo> {
-        self.tables().map(|(level, t)| table_info(level, t)).collect()
+        self.tables()
+            .map(|(level, t)| table_info(level, t))
+            .collect()
     }
 
     pub fn memtable_min_timestamp(&self) -> u64 {
-        self.memtables().map(|m| m.min_timestamp()).min().unwrap_or(u64::MAX)
+        self.memtables()
+            .map(|m| m.min_timestamp())
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// The merged cell for `key`, tombstones included. Sources are visited newest first and
     /// skipped once the merge rule says nothing older can change the answer.
     pub fn get(&self, key: &[u8], rule: &dyn MergeRule) -> Result<Option<Cell>> {
         let mut found: Option<Cell> = None;
-        let settled = |found: &Option<Cell>, older_max: u64| found.as_ref().is_some_and(|f| rule.settles(f, older_max));
+        let settled = |found: &Option<Cell>, older_max: u64| {
+            found.as_ref().is_some_and(|f| rule.settles(f, older_max))
+        };
         for mem in self.memtables() {
             if !settled(&found, mem.max_timestamp()) {
                 found = merge_opt(rule, found, mem.get(key, rule));
@@ -105,17 +122,30 @@ impl Version {
     fn candidate_tables<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = &'a Arc<Table>> + 'a {
         let deeper = self.levels.iter().skip(1).filter_map(move |level| {
             let i = level.partition_point(|t| t.meta().props.max_key.as_ref() < key);
-            level.get(i).filter(|t| t.meta().props.min_key.as_ref() <= key)
+            level
+                .get(i)
+                .filter(|t| t.meta().props.min_key.as_ref() <= key)
         });
         self.levels[0].iter().chain(deeper)
     }
 
     /// Sources for a merged scan of `[start, end)`-style bounds (`end` is applied by the merge).
-    pub fn scan_sources(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, rule: &Arc<dyn MergeRule>) -> Result<Vec<Source>> {
+    pub fn scan_sources(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        rule: &Arc<dyn MergeRule>,
+    ) -> Result<Vec<Source>> {
         let start_owned = start.map(Bytes::copy_from_slice);
         let mut sources: Vec<Source> = self
             .memtables()
-            .map(|m| Box::new(MemtableIter::new(m.clone(), rule.clone(), start_owned.clone())) as Source)
+            .map(|m| {
+                Box::new(MemtableIter::new(
+                    m.clone(),
+                    rule.clone(),
+                    start_owned.clone(),
+                )) as Source
+            })
             .collect();
         let in_range = |t: &Arc<Table>| overlaps_range(t, start, end);
         for table in self.levels[0].iter().filter(|t| in_range(t)) {
