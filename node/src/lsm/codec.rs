@@ -29,7 +29,7 @@ pub fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
 
 /// Number of bytes `put_varint` uses for `v`.
 pub fn varint_len(v: u64) -> usize {
-    (((64 - (v | 1).leading_zeros()) + 6) / 7) as usize
+    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 pub fn get_u32_le(buf: &[u8], at: usize) -> Option<u32> {

@@ -17,6 +17,8 @@ pub enum Error {
     },
     #[error("key is {len} bytes, above the limit of {max} bytes")]
     KeyTooLarge { len: usize, max: usize },
+    #[error("keys out of order in {path}: {reason}")]
+    KeyOrder { path: PathBuf, reason: String },
     #[error("key is empty")]
     KeyEmpty,
     #[error("value is {len} bytes, above the limit of {max} bytes")]

@@ -2,14 +2,23 @@
 //! opaque bytes in lexicographic order (the node puts the 128-bit token first, so a token range
 //! is one contiguous scan), values are versioned [`Cell`]s resolved by a [`MergeRule`].
 
+pub mod cache;
 pub mod cell;
 pub mod clock;
 pub mod codec;
+pub mod compaction;
+pub mod db;
 pub mod error;
+pub mod iter;
+pub mod manifest;
+pub mod memtable;
 pub mod options;
+pub mod sstable;
+pub mod wal;
 
 pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use db::{Db, DbStats, Scan};
 pub use error::{Error, Result};
 pub use options::{CompactionStrategy, Compression, Options, SyncPolicy};
 

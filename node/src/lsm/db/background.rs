@@ -1,0 +1,526 @@
+//! The flush worker (sealed memtables -> L0 tables) and the compaction worker.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::version::Version;
+use super::{deletion_ms, Inner};
+use crate::lsm::cell::{Cell, CellValue};
+use crate::lsm::compaction::{self, PickContext, Task};
+use crate::lsm::error::{Error, Result};
+use crate::lsm::iter::{MemtableIter, MergeIter, Source};
+use crate::lsm::manifest::{TableEntry, VersionEdit};
+use crate::lsm::memtable::Memtable;
+use crate::lsm::sstable::{Table, TableBuilder, TableMeta, TableOptions};
+
+/// How often idle workers look again: time alone can make work (expiry, GC horizons).
+const IDLE_TICK_MS: u64 = 1000;
+/// Entries between checks for shutdown and the I/O throttle during a compaction.
+const CHECK_EVERY_ENTRIES: u64 = 4096;
+
+pub(super) fn start(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
+    let flush = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("lsm-flush".into())
+            .spawn(move || flush_loop(&inner))
+    };
+    let compact = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("lsm-compact".into())
+            .spawn(move || compaction_loop(&inner))
+    };
+    [flush, compact]
+        .into_iter()
+        .map(|h| h.expect("spawning an LSM worker thread"))
+        .collect()
+}
+
+fn record_failure(inner: &Inner, what: &str, e: &Error) {
+    tracing::error!(error = %e, "{what} failed; the database refuses writes until reopened");
+    let mut bg = inner.bg.lock();
+    bg.error.get_or_insert_with(|| format!("{what}: {e}"));
+    drop(bg);
+    inner.bg_cond.notify_all();
+}
+
+fn flush_loop(inner: &Inner) {
+    while let Some(mem) = next_sealed(inner) {
+        if let Err(e) = flush_one(inner, &mem) {
+            record_failure(inner, "flush", &e);
+            return;
+        }
+        inner.wake_background();
+    }
+}
+
+/// The oldest sealed memtable, waiting for one; `None` at shutdown.
+fn next_sealed(inner: &Inner) -> Option<Arc<Memtable>> {
+    let mut bg = inner.bg.lock();
+    loop {
+        if bg.shutdown {
+            return None;
+        }
+        if let Some(mem) = inner.current().imm.last() {
+            return Some(mem.clone());
+        }
+        inner
+            .bg_cond
+            .wait_for(&mut bg, Duration::from_millis(IDLE_TICK_MS));
+    }
+}
+
+fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
+    let started = Instant::now();
+    fail::fail_point!("flush-build", |_| Err(Error::Injected("flush-build")));
+    let number = inner.next_file.fetch_add(1, Ordering::SeqCst);
+    let table = if mem.is_empty() {
+        None
+    } else {
+        let source =
+            MemtableIter::new(mem.clone(), inner.opts.merge_rule.clone(), Bound::Unbounded);
+        let meta = write_table(inner, number, 0, source)?;
+        inner.counters.add_flush(meta.file_bytes);
+        Some(Table::open(&inner.dir, number, inner.block_cache.clone())?)
+    };
+    let flushed_seq = inner.flushed_seq.load(Ordering::SeqCst).max(mem.max_seq());
+    let edit = VersionEdit {
+        add_tables: table
+            .iter()
+            .map(|t| {
+                (
+                    number,
+                    TableEntry {
+                        level: 0,
+                        file_bytes: t.meta().file_bytes,
+                    },
+                )
+            })
+            .collect(),
+        remove_wal: mem.wal_segments().to_vec(),
+        flushed_seq: Some(flushed_seq),
+        next_file_number: Some(inner.next_file.load(Ordering::SeqCst)),
+        ..Default::default()
+    };
+    {
+        let _edit = inner.edit_lock.lock();
+        inner.manifest.apply(&edit)?;
+        inner.flushed_seq.store(flushed_seq, Ordering::SeqCst);
+        // Before the install, so a waiter that sees the memtable gone also sees work pending.
+        inner.bg.lock().compaction_wanted = true;
+        let mut version = inner.version.write();
+        let imm = version
+            .imm
+            .iter()
+            .filter(|m| !Arc::ptr_eq(m, mem))
+            .cloned()
+            .collect();
+        let next = version.with_memtables(version.mem.clone(), imm);
+        *version = Arc::new(next.with_tables(&[], table.into_iter().map(|t| (0, t)).collect()));
+    }
+    for segment in mem.wal_segments() {
+        crate::lsm::wal::delete_segment(&inner.dir, *segment)?;
+    }
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "flushed a memtable"
+    );
+    Ok(())
+}
+
+/// Writes every entry of `source` into one new table.
+fn write_table(
+    inner: &Inner,
+    number: u64,
+    level: u32,
+    source: impl Iterator<Item = Result<(Bytes, Cell)>>,
+) -> Result<TableMeta> {
+    let mut builder = TableBuilder::create(
+        &inner.dir,
+        number,
+        level,
+        inner.opts.clock.now_ms(),
+        &table_options(inner),
+    )?;
+    for item in source {
+        let added = item.and_then(|(k, c)| builder.add(&k, &c));
+        if let Err(e) = added {
+            let _ = builder.abandon();
+            return Err(e);
+        }
+    }
+    builder.finish()
+}
+
+fn table_options(inner: &Inner) -> TableOptions {
+    TableOptions {
+        block_bytes: inner.opts.block_bytes,
+        compression: inner.opts.compression,
+        bloom_bits_per_key: inner.opts.bloom_bits_per_key,
+    }
+}
+
+fn compaction_loop(inner: &Inner) {
+    while wait_for_compaction_work(inner) {
+        let result = run_pending(inner);
+        let mut bg = inner.bg.lock();
+        bg.compactions_running -= 1;
+        drop(bg);
+        inner.bg_cond.notify_all();
+        if let Err(e) = result {
+            record_failure(inner, "compaction", &e);
+            return;
+        }
+    }
+}
+
+/// Waits until compaction may be needed; false at shutdown.
+fn wait_for_compaction_work(inner: &Inner) -> bool {
+    let mut bg = inner.bg.lock();
+    while !bg.compaction_wanted && !bg.shutdown {
+        let timed_out = inner
+            .bg_cond
+            .wait_for(&mut bg, Duration::from_millis(IDLE_TICK_MS))
+            .timed_out();
+        if timed_out {
+            break;
+        }
+    }
+    if bg.shutdown || bg.error.is_some() {
+        return false;
+    }
+    bg.compaction_wanted = false;
+    bg.compactions_running += 1;
+    true
+}
+
+fn run_pending(inner: &Inner) -> Result<()> {
+    while !inner.bg.lock().shutdown {
+        let v = inner.current();
+        let Some(task) = pick(inner, &v) else {
+            return Ok(());
+        };
+        run_task(inner, &v, task)?;
+        inner.bg_cond.notify_all();
+    }
+    Ok(())
+}
+
+pub(super) fn pick(inner: &Inner, v: &Version) -> Option<Task> {
+    let infos = v.table_infos();
+    let cx = PickContext {
+        tables: &infos,
+        busy: &HashSet::new(),
+        now_ms: inner.opts.clock.now_ms(),
+        gc_horizon_ms: inner.gc_horizon_ms(),
+        memtable_min_timestamp: v.memtable_min_timestamp(),
+    };
+    compaction::pick(&inner.opts.compaction, &cx)
+}
+
+fn run_task(inner: &Inner, v: &Version, task: Task) -> Result<()> {
+    let started = Instant::now();
+    match &task {
+        Task::Merge {
+            inputs,
+            output_level,
+            table_bytes_target,
+        } => {
+            let Some(outputs) = merge(inner, v, inputs, *output_level, *table_bytes_target)? else {
+                return Ok(());
+            };
+            install(inner, inputs, outputs, *output_level)?;
+        }
+        Task::Move {
+            file_number,
+            to_level,
+        } => {
+            let (_, table) = v
+                .find_table(*file_number)
+                .ok_or_else(|| missing(*file_number))?;
+            let edit = VersionEdit {
+                add_tables: vec![(
+                    *file_number,
+                    TableEntry {
+                        level: *to_level,
+                        file_bytes: table.meta().file_bytes,
+                    },
+                )],
+                ..Default::default()
+            };
+            apply_and_install(
+                inner,
+                &edit,
+                &[*file_number],
+                vec![(*to_level, table.clone())],
+            )?;
+        }
+        Task::Drop { files } => {
+            let edit = VersionEdit {
+                remove_tables: files.clone(),
+                ..Default::default()
+            };
+            apply_and_install(inner, &edit, files, Vec::new())?;
+            delete_tables(inner, files)?;
+        }
+    }
+    inner.counters.add_compaction();
+    tracing::debug!(
+        ?task,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compaction done"
+    );
+    Ok(())
+}
+
+fn missing(file_number: u64) -> Error {
+    Error::Manifest(format!("compaction input table {file_number} is not live"))
+}
+
+/// Merges the inputs into new tables; `None` if shutdown interrupted it.
+fn merge(
+    inner: &Inner,
+    v: &Version,
+    inputs: &[u64],
+    level: u32,
+    target: Option<u64>,
+) -> Result<Option<Vec<TableMeta>>> {
+    let tables: Vec<Arc<Table>> = inputs
+        .iter()
+        .map(|n| {
+            v.find_table(*n)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| missing(*n))
+        })
+        .collect::<Result<_>>()?;
+    let gc = Gc::new(inner, v, inputs);
+    let mut sources: Vec<Source> = Vec::with_capacity(tables.len());
+    for t in &tables {
+        let mut it = t.iter(false);
+        it.seek_to_first()?;
+        sources.push(Box::new(it));
+    }
+    inner
+        .counters
+        .add_compaction_read(tables.iter().map(|t| t.meta().file_bytes).sum());
+    let mut out = Outputs::new(inner, level, target);
+    let mut seen = 0u64;
+    for item in MergeIter::new(sources, inner.opts.merge_rule.clone(), Bound::Unbounded) {
+        let (key, cell) = item?;
+        if let Some(cell) = gc.keep(&key, cell) {
+            out.add(&key, &cell)?;
+        }
+        seen += 1;
+        if seen.is_multiple_of(CHECK_EVERY_ENTRIES) && !out.pace() {
+            out.abandon();
+            return Ok(None);
+        }
+    }
+    inner.counters.add_purged(gc.purged.get());
+    out.finish().map(Some)
+}
+
+/// Decides, cell by cell, what a compaction may drop.
+struct Gc<'a> {
+    inner: &'a Inner,
+    now_ms: u64,
+    horizon_ms: u64,
+    others: Vec<Arc<Table>>,
+    memtables: Vec<Arc<Memtable>>,
+    purged: std::cell::Cell<u64>,
+}
+
+impl<'a> Gc<'a> {
+    fn new(inner: &'a Inner, v: &Version, inputs: &[u64]) -> Self {
+        Gc {
+            inner,
+            now_ms: inner.opts.clock.now_ms(),
+            horizon_ms: inner.gc_horizon_ms(),
+            others: v
+                .tables()
+                .filter(|(_, t)| !inputs.contains(&t.meta().file_number))
+                .map(|(_, t)| t.clone())
+                .collect(),
+            memtables: v.memtables().cloned().collect(),
+            purged: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The cell to write, or `None` to purge it. An expired value becomes a tombstone (the
+    /// value is dead weight); a deleted cell goes once it is older than the GC horizon and
+    /// nothing outside this compaction could hold older data for its key that it shadows.
+    fn keep(&self, key: &[u8], mut cell: Cell) -> Option<Cell> {
+        if !cell.is_tombstone() && cell.is_expired(self.now_ms) {
+            cell.value = CellValue::Tombstone;
+            self.inner.invalidate_row(key);
+        }
+        if cell.is_tombstone()
+            && deletion_ms(&cell) < self.horizon_ms
+            && !self.shadows_elsewhere(key, &cell)
+        {
+            self.purged.set(self.purged.get() + 1);
+            self.inner.invalidate_row(key);
+            return None;
+        }
+        Some(cell)
+    }
+
+    fn shadows_elsewhere(&self, key: &[u8], cell: &Cell) -> bool {
+        let in_tables = self.others.iter().any(|t| {
+            let p = &t.meta().props;
+            p.min_timestamp <= cell.timestamp
+                && p.min_key.as_ref() <= key
+                && key <= p.max_key.as_ref()
+                && t.may_contain(key)
+        });
+        in_tables
+            || self
+                .memtables
+                .iter()
+                .any(|m| m.min_timestamp() <= cell.timestamp && m.contains(key))
+    }
+}
+
+/// The tables a compaction writes, cut at the target size, paced by the I/O throttle.
+struct Outputs<'a> {
+    inner: &'a Inner,
+    level: u32,
+    target: Option<u64>,
+    current: Option<TableBuilder>,
+    done: Vec<TableMeta>,
+    started: Instant,
+}
+
+impl<'a> Outputs<'a> {
+    fn new(inner: &'a Inner, level: u32, target: Option<u64>) -> Self {
+        Outputs {
+            inner,
+            level,
+            target,
+            current: None,
+            done: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, key: &[u8], cell: &Cell) -> Result<()> {
+        if self.current.is_none() {
+            let number = self.inner.next_file.fetch_add(1, Ordering::SeqCst);
+            let opts = table_options(self.inner);
+            self.current = Some(TableBuilder::create(
+                &self.inner.dir,
+                number,
+                self.level,
+                self.inner.opts.clock.now_ms(),
+                &opts,
+            )?);
+        }
+        let builder = self.current.as_mut().expect("a builder was just created");
+        builder.add(key, cell)?;
+        if self.target.is_some_and(|t| builder.estimated_bytes() >= t) {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self) -> Result<()> {
+        if let Some(builder) = self.current.take() {
+            let meta = builder.finish()?;
+            self.inner.counters.add_compaction_written(meta.file_bytes);
+            self.done.push(meta);
+        }
+        Ok(())
+    }
+
+    fn written_bytes(&self) -> u64 {
+        self.done.iter().map(|m| m.file_bytes).sum::<u64>()
+            + self.current.as_ref().map_or(0, |b| b.estimated_bytes())
+    }
+
+    /// Sleeps as long as the throttle asks; false if the database is shutting down.
+    fn pace(&self) -> bool {
+        let rate = self.inner.opts.compaction_bytes_per_sec;
+        if rate > 0 {
+            let due = Duration::from_secs_f64(self.written_bytes() as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait.min(Duration::from_millis(IDLE_TICK_MS)));
+            }
+        }
+        !self.inner.bg.lock().shutdown
+    }
+
+    fn abandon(mut self) {
+        if let Some(b) = self.current.take() {
+            let _ = b.abandon();
+        }
+        for meta in &self.done {
+            let _ = std::fs::remove_file(crate::lsm::sstable::table_path(
+                &self.inner.dir,
+                meta.file_number,
+            ));
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<TableMeta>> {
+        self.cut()?;
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
+fn install(inner: &Inner, inputs: &[u64], outputs: Vec<TableMeta>, level: u32) -> Result<()> {
+    let mut added = Vec::with_capacity(outputs.len());
+    for meta in &outputs {
+        added.push((
+            level,
+            Table::open(&inner.dir, meta.file_number, inner.block_cache.clone())?,
+        ));
+    }
+    let edit = VersionEdit {
+        add_tables: outputs
+            .iter()
+            .map(|m| {
+                (
+                    m.file_number,
+                    TableEntry {
+                        level,
+                        file_bytes: m.file_bytes,
+                    },
+                )
+            })
+            .collect(),
+        remove_tables: inputs.to_vec(),
+        next_file_number: Some(inner.next_file.load(Ordering::SeqCst)),
+        ..Default::default()
+    };
+    apply_and_install(inner, &edit, inputs, added)?;
+    delete_tables(inner, inputs)
+}
+
+fn apply_and_install(
+    inner: &Inner,
+    edit: &VersionEdit,
+    removed: &[u64],
+    added: Vec<(u32, Arc<Table>)>,
+) -> Result<()> {
+    let _edit = inner.edit_lock.lock();
+    inner.manifest.apply(edit)?;
+    let mut version = inner.version.write();
+    *version = Arc::new(version.with_tables(removed, added));
+    Ok(())
+}
+
+/// Unlinks obsolete tables; readers still holding them keep their open descriptors.
+fn delete_tables(inner: &Inner, files: &[u64]) -> Result<()> {
+    for n in files {
+        let path = crate::lsm::sstable::table_path(&inner.dir, *n);
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}

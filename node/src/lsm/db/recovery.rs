@@ -1,0 +1,182 @@
+//! Opening a database: lock the directory, read the manifest, remove files it does not list,
+//! open the live tables and rebuild the memtable from the WAL.
+
+use std::fs;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::stats::Counters;
+use super::version::Version;
+use super::{BgState, Inner, ROW_CACHE_STRIPES};
+use crate::lsm::cache::{BlockCache, LruCache};
+use crate::lsm::error::{Error, IoContext, Result};
+use crate::lsm::manifest::{Manifest, ManifestState, VersionEdit};
+use crate::lsm::memtable::Memtable;
+use crate::lsm::sstable::{table_path, Table};
+use crate::lsm::wal::{self, Wal, WalOptions};
+use crate::lsm::Options;
+
+const MANIFEST_DIR: &str = "manifest";
+const LOCK_FILE: &str = "LOCK";
+
+pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
+    fs::create_dir_all(dir).at(dir)?;
+    let lock = lock_dir(dir)?;
+    let (manifest, state) = Manifest::open(&dir.join(MANIFEST_DIR))?;
+    remove_unlisted_files(dir, &state)?;
+    let block_cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let tables = open_tables(dir, &state, &block_cache)?;
+    let max_file = tables
+        .iter()
+        .map(|(_, t)| t.meta().file_number)
+        .chain(state.wal_segments.iter().copied())
+        .max()
+        .unwrap_or(0);
+    let new_segment = state.next_file_number.max(max_file + 1);
+    let mut segments: Vec<u64> = state.wal_segments.iter().copied().collect();
+    segments.push(new_segment);
+    let mem = Arc::new(Memtable::new(segments));
+    let last_seq = replay_wal(dir, &state, &mem)?;
+    manifest.apply(&VersionEdit {
+        add_wal: vec![new_segment],
+        next_file_number: Some(new_segment + 1),
+        ..Default::default()
+    })?;
+    let wal = Wal::create(dir, new_segment, wal_options(&opts), opts.clock.clone())?;
+    let version = Version::new(mem.clone(), Vec::new(), tables);
+    Ok(Inner {
+        dir: dir.to_path_buf(),
+        _lock: lock,
+        write_gate: RwLock::new(mem),
+        version: RwLock::new(Arc::new(version)),
+        edit_lock: Mutex::new(()),
+        manifest,
+        wal,
+        next_seq: AtomicU64::new(last_seq.max(state.flushed_seq) + 1),
+        next_file: AtomicU64::new(new_segment + 1),
+        flushed_seq: AtomicU64::new(state.flushed_seq),
+        block_cache,
+        row_cache: LruCache::new(opts.row_cache_bytes),
+        row_cache_writes: (0..ROW_CACHE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        gc_horizon_ms: AtomicU64::new(0),
+        bg: Mutex::new(BgState::default()),
+        bg_cond: Condvar::new(),
+        closed: AtomicBool::new(false),
+        counters: Counters::default(),
+        opts,
+    })
+}
+
+fn wal_options(opts: &Options) -> WalOptions {
+    WalOptions {
+        sync: opts.sync,
+        preallocate_bytes: opts.wal_preallocate_bytes,
+        segment_bytes_max: opts.wal_segment_bytes_max,
+        segment_age_ms_max: opts.wal_segment_age_ms_max,
+    }
+}
+
+/// An exclusive advisory lock on the directory, released when the returned file is closed.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    // SAFETY: flock on a valid, open descriptor has no memory-safety preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(Error::io(
+            &path,
+            std::io::Error::new(
+                err.kind(),
+                format!("database is in use by another process: {err}"),
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Tables and WAL segments the manifest does not list are leftovers of a crash mid-flush or
+/// mid-compaction (or already obsolete); removing them keeps the directory equal to the manifest.
+fn remove_unlisted_files(dir: &Path, state: &ManifestState) -> Result<()> {
+    let live_wal: Vec<_> = state
+        .wal_segments
+        .iter()
+        .map(|id| wal::segment_path(dir, *id))
+        .collect();
+    let live_tables: Vec<_> = state.tables.keys().map(|id| table_path(dir, *id)).collect();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let is_table = name.ends_with(".sst") || name.ends_with(".sst.tmp");
+        let is_wal = wal::segment_id_of(&path).is_some();
+        let stale =
+            (is_table && !live_tables.contains(&path)) || (is_wal && !live_wal.contains(&path));
+        if stale {
+            tracing::info!(file = %path.display(), "removing file not in the manifest");
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn open_tables(
+    dir: &Path,
+    state: &ManifestState,
+    cache: &Arc<BlockCache>,
+) -> Result<Vec<(u32, Arc<Table>)>> {
+    let mut tables = Vec::with_capacity(state.tables.len());
+    for (&number, entry) in &state.tables {
+        let table = Table::open(dir, number, cache.clone())?;
+        if table.meta().file_bytes != entry.file_bytes {
+            let reason = format!(
+                "manifest says {} bytes, file has {}",
+                entry.file_bytes,
+                table.meta().file_bytes
+            );
+            return Err(Error::corruption(table.path(), 0, reason));
+        }
+        tables.push((entry.level, table));
+    }
+    Ok(tables)
+}
+
+/// Rebuilds the memtable from every live segment, skipping records already flushed. Returns
+/// the highest sequence number seen.
+fn replay_wal(dir: &Path, state: &ManifestState, mem: &Memtable) -> Result<u64> {
+    let segments: Vec<u64> = state.wal_segments.iter().copied().collect();
+    let mut last_seq = 0;
+    for (i, &id) in segments.iter().enumerate() {
+        let path = wal::segment_path(dir, id);
+        let is_last = i + 1 == segments.len();
+        if is_last && !path.exists() {
+            // The manifest listed it but the crash came before the file was created.
+            continue;
+        }
+        let replay = wal::replay_segment(&path, is_last, |seq, mutations| {
+            for (j, m) in mutations.into_iter().enumerate() {
+                let s = seq + j as u64;
+                last_seq = last_seq.max(s);
+                if s > state.flushed_seq {
+                    mem.insert(m.key, s, m.cell);
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(t) = replay.truncated_at {
+            tracing::warn!(segment = %path.display(), offset = t, "cut a torn WAL tail");
+        }
+    }
+    Ok(last_seq)
+}

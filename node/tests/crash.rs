@@ -1,0 +1,144 @@
+//! A writer process is killed with SIGKILL at random moments; after each kill the database
+//! must hold every write the writer saw acknowledged, and nothing it never wrote.
+
+use std::io::{BufRead, BufReader, Write};
+use std::ops::Bound;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use node::lsm::{Cell, CompactionStrategy, Db, Options, SyncPolicy};
+use rand::{Rng, SeedableRng};
+
+const CHILD_DIR_ENV: &str = "KV_CRASH_CHILD_DIR";
+const CHILD_START_ENV: &str = "KV_CRASH_CHILD_START";
+const ROUNDS: usize = 6;
+const ROUND_DEADLINE: Duration = Duration::from_secs(60);
+
+fn options() -> Options {
+    Options {
+        sync: SyncPolicy::Always,
+        memtable_bytes: 128 * 1024,
+        block_bytes: 4096,
+        wal_preallocate_bytes: 1 << 20,
+        compaction: CompactionStrategy::Leveled {
+            l0_trigger_files: 2,
+            l1_bytes: 256 * 1024,
+            level_multiplier: 4,
+            table_bytes_target: 128 * 1024,
+        },
+        ..Options::default()
+    }
+}
+
+fn key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+fn value(i: u64) -> Vec<u8> {
+    let len = 50 + (i * 7919 % 900) as usize;
+    (0..len).map(|j| (i as usize + j) as u8).collect()
+}
+
+#[test]
+#[ignore = "child process of sigkill_loses_no_acknowledged_write"]
+fn crash_child_writer() {
+    let (Ok(dir), Ok(start)) = (std::env::var(CHILD_DIR_ENV), std::env::var(CHILD_START_ENV))
+    else {
+        return;
+    };
+    let start: u64 = start.parse().unwrap();
+    let db = Db::open(&dir, options()).unwrap();
+    let mut out = std::io::stdout().lock();
+    for i in start.. {
+        db.put(&key(i), Cell::value(i + 1, value(i))).unwrap();
+        writeln!(out, "ack {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// Runs the writer from `start` until it has acknowledged `kill_after` writes, then kills it.
+/// Returns the highest acknowledged key.
+fn run_and_kill(dir: &Path, start: u64, kill_after: u64) -> Option<u64> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir)
+        .env(CHILD_START_ENV, start.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + ROUND_DEADLINE;
+    let mut acked = None;
+    let mut count = 0;
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(i) = line.strip_prefix("ack ") {
+            acked = Some(i.parse::<u64>().unwrap());
+            count += 1;
+        }
+        if count >= kill_after || Instant::now() > deadline {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        count >= kill_after,
+        "writer stopped early ({status}) after {count} acks"
+    );
+    acked
+}
+
+fn verify(dir: &Path, acked: u64) {
+    let db = Db::open(dir, options()).unwrap();
+    for i in 0..=acked {
+        let got = db.get_live(&key(i)).unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(&value(i)[..]),
+            "acknowledged key {i} of {acked} lost"
+        );
+    }
+    let mut seen = 0u64;
+    for item in db.scan(Bound::Unbounded, Bound::Unbounded).unwrap() {
+        let (k, cell) = item.unwrap();
+        let i = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        assert!(
+            i <= acked + 1,
+            "key {i} appeared but the writer was at most at {}",
+            acked + 1
+        );
+        assert_eq!(
+            cell.live_value(0).map(|v| v.to_vec()),
+            Some(value(i)),
+            "key {i} has wrong data"
+        );
+        seen += 1;
+    }
+    assert!(seen == acked + 1 || seen == acked + 2);
+    db.close().unwrap();
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed: u64 = rand::random();
+    eprintln!("crash test seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut next = 0;
+    for _ in 0..ROUNDS {
+        let kill_after = rng.gen_range(20..1500);
+        let acked =
+            run_and_kill(dir.path(), next, kill_after).expect("the writer acknowledged something");
+        verify(dir.path(), acked);
+        next = acked + 1;
+    }
+}
