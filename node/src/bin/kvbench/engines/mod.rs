@@ -3,6 +3,7 @@
 
 #[cfg(feature = "peer-fjall")]
 mod fjall;
+mod ours;
 #[cfg(any(feature = "peer-rocksdb", feature = "peer-fjall"))]
 mod periodic;
 #[cfg(feature = "peer-rocksdb")]
@@ -86,7 +87,7 @@ pub trait Engine: Send + Sync {
 pub fn open(kind: EngineKind, dir: &Path, settings: &Settings) -> Result<Box<dyn Engine>> {
     std::fs::create_dir_all(dir)?;
     match kind {
-        EngineKind::Ours => Err(anyhow!("our engine's Db has not landed on main yet")),
+        EngineKind::Ours => Ok(Box::new(ours::Ours::open(dir, settings)?)),
         EngineKind::Sled => Ok(Box::new(sled::Sled::open(dir, settings)?)),
         EngineKind::Rocksdb => open_rocksdb(dir, settings),
         EngineKind::Fjall => open_fjall(dir, settings),
