@@ -13,7 +13,7 @@ mod sled;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
 pub const WRITE_BUFFER_BYTES: usize = 64 << 20;
 pub const BLOCK_BYTES: usize = 16 << 10;
@@ -101,9 +101,7 @@ fn open_rocksdb(dir: &Path, settings: &Settings) -> Result<Box<dyn Engine>> {
 
 #[cfg(not(feature = "peer-rocksdb"))]
 fn open_rocksdb(_: &Path, _: &Settings) -> Result<Box<dyn Engine>> {
-    Err(anyhow!(
-        "kvbench was built without RocksDB: rebuild with `--features peers`"
-    ))
+    anyhow::bail!("kvbench was built without RocksDB: rebuild with `--features peers`")
 }
 
 #[cfg(feature = "peer-fjall")]
@@ -113,7 +111,5 @@ fn open_fjall(dir: &Path, settings: &Settings) -> Result<Box<dyn Engine>> {
 
 #[cfg(not(feature = "peer-fjall"))]
 fn open_fjall(_: &Path, _: &Settings) -> Result<Box<dyn Engine>> {
-    Err(anyhow!(
-        "kvbench was built without fjall: rebuild with `--features peers`"
-    ))
+    anyhow::bail!("kvbench was built without fjall: rebuild with `--features peers`")
 }
