@@ -83,6 +83,12 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+fn wal_is_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Wal>();
+}
+
+#[test]
 fn concurrent_appenders_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let wal = create(dir.path(), 1, SyncPolicy::Never);
