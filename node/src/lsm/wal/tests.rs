@@ -83,6 +83,12 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+fn wal_is_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Wal>();
+}
+
+#[test]
 fn concurrent_appenders_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let wal = create(dir.path(), 1, SyncPolicy::Never);
@@ -262,6 +268,37 @@ fn torn_tail_at_every_offset_keeps_complete_records() {
             }
         }
     }
+}
+
+#[test]
+fn records_larger_than_the_read_window_replay_and_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = create(dir.path(), 1, SyncPolicy::Never);
+    let sizes = [300 << 10, 700 << 10, 5, 2 << 20, 100 << 10, 3 << 20];
+    let batches: Vec<Vec<Mutation>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            vec![Mutation {
+                key: Bytes::from(format!("big-{i}")),
+                cell: Cell::value(i as u64, vec![i as u8 + 1; n]),
+            }]
+        })
+        .collect();
+    for (seq, b) in batches.iter().enumerate() {
+        wal.append(seq as u64, b).unwrap();
+    }
+    wal.close().unwrap();
+    let path = segment_path(dir.path(), 1);
+    let (r, seen) = replay(&path, true).unwrap();
+    assert_eq!(r.records, sizes.len() as u64);
+    assert!(seen.iter().map(|(_, m)| m).eq(batches.iter()));
+    let bytes = std::fs::read(&path).unwrap();
+    let ends = record_ends(&bytes);
+    let cut = ends[4] + (1 << 20) + 17;
+    std::fs::write(&path, &bytes[..cut as usize]).unwrap();
+    let (torn, _) = replay(&path, true).unwrap();
+    assert_eq!((torn.records, torn.truncated_at), (5, Some(ends[4])));
 }
 
 #[test]
@@ -597,4 +634,30 @@ fn run_writers(wal: &Wal, writers: u64, per_writer: u64) {
             });
         }
     });
+}
+
+/// Replay speed over a large segment: `cargo test -p node --lib -- --ignored
+/// wal_replay_throughput --nocapture`.
+#[test]
+#[ignore]
+fn wal_replay_throughput() {
+    let base = std::env::var_os("WAL_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let wal = create(dir.path(), 1, SyncPolicy::Never);
+    let records = 200_000u64;
+    run_writers(&wal, 1, records);
+    wal.close().unwrap();
+    let path = segment_path(dir.path(), 1);
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    let started = Instant::now();
+    let (r, _) = replay(&path, true).unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(r.records, records);
+    println!(
+        "replayed {records} records ({:.1} MiB) in {:.2} s: {:.0} records/s, {:.0} MiB/s",
+        bytes as f64 / f64::from(1 << 20),
+        secs,
+        records as f64 / secs,
+        bytes as f64 / f64::from(1 << 20) / secs
+    );
 }
