@@ -427,8 +427,11 @@ impl Inner {
 
     fn stats(&self) -> DbStats {
         let v = self.current();
-        self.counters
-            .snapshot(&v, &self.block_cache, &self.row_cache, &self.wal)
+        let mut stats = self
+            .counters
+            .snapshot(&v, &self.block_cache, &self.row_cache, &self.wal);
+        stats.compactions_pending = background::pending_tasks(self, &v);
+        stats
     }
 }
 

@@ -66,6 +66,7 @@ fn an_older_write_arriving_later_does_not_win() {
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"new"[..]));
     db.flush().unwrap();
     db.wait_for_compactions().unwrap();
+    assert_eq!(db.stats().compactions_pending, 0);
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"new"[..]));
     db.put(b"k", Cell::tombstone(ts(7))).unwrap();
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"new"[..]));
