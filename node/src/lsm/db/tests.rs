@@ -374,3 +374,33 @@ proptest! {
         check_against(&db, &model, clock.now_ms())?;
     }
 }
+
+#[test]
+fn a_crash_between_recording_and_creating_a_wal_segment_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    {
+        let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+        db.put(b"k", Cell::value(ts(1), "v")).unwrap();
+        db.close().unwrap();
+    }
+    let segments = crate::lsm::wal::list_segments(dir.path()).unwrap();
+    let newest = *segments.last().unwrap();
+    // The newest segment was being written when the crash came: a torn record at its end.
+    let path = crate::lsm::wal::segment_path(dir.path(), newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    bytes.truncate(end);
+    bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad]);
+    std::fs::write(&path, bytes).unwrap();
+    {
+        let (manifest, _) = crate::lsm::manifest::Manifest::open(&dir.path().join("manifest")).unwrap();
+        let edit = crate::lsm::manifest::VersionEdit {
+            add_wal: vec![newest + 100],
+            ..Default::default()
+        };
+        manifest.apply(&edit).unwrap();
+    }
+    let db = Db::open(dir.path(), small_opts(clock)).unwrap();
+    assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
+}
