@@ -177,7 +177,7 @@ impl Db {
             let _ = worker.join();
         }
         let _gate = self.inner.write_gate.write();
-        self.inner.wal.sync()
+        self.inner.wal.trim()
     }
 }
 

@@ -394,7 +394,8 @@ fn a_crash_between_recording_and_creating_a_wal_segment_still_opens() {
     bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad]);
     std::fs::write(&path, bytes).unwrap();
     {
-        let (manifest, _) = crate::lsm::manifest::Manifest::open(&dir.path().join("manifest")).unwrap();
+        let (manifest, _) =
+            crate::lsm::manifest::Manifest::open(&dir.path().join("manifest")).unwrap();
         let edit = crate::lsm::manifest::VersionEdit {
             add_wal: vec![newest + 100],
             ..Default::default()

@@ -670,3 +670,23 @@ fn wal_replay_throughput() {
         bytes as f64 / f64::from(1 << 20) / secs
     );
 }
+
+#[test]
+fn trim_cuts_the_preallocation_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = create(dir.path(), 1, SyncPolicy::Never);
+    let path = segment_path(dir.path(), 1);
+    wal.append(1, &batch(1, 2)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 10);
+    wal.trim().unwrap();
+    let trimmed = std::fs::metadata(&path).unwrap().len();
+    assert!(trimmed < 1024, "{trimmed}");
+    wal.append(3, &batch(3, 1)).unwrap();
+    drop(wal);
+    let (r, seen) = replay(&path, true).unwrap();
+    assert_eq!(
+        seen.iter().map(|(s, m)| (*s, m.len())).collect::<Vec<_>>(),
+        vec![(1, 2), (3, 1)]
+    );
+    assert_eq!(r.truncated_at, None);
+}
