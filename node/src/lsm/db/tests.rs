@@ -323,14 +323,24 @@ fn check_against(db: &Db, model: &Model, now_ms: u64) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn prop_engine_matches_model(ops in proptest::collection::vec(op(), 1..120), gc in any::<bool>()) {
+    fn prop_engine_matches_model(
+        ops in proptest::collection::vec(op(), 1..120),
+        gc in any::<bool>(),
+        strategy in 0..3,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0_MS));
+        let compaction = match strategy {
+            0 => small_opts(clock.clone()).compaction,
+            1 => CompactionStrategy::SizeTiered { min_threshold: 2, max_threshold: 4, bucket_low: 0.5, bucket_high: 1.5 },
+            _ => CompactionStrategy::TimeWindow { window_ms: 10, min_threshold: 2 },
+        };
         let open = || {
-            let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+            let opts = Options { compaction, ..small_opts(clock.clone()) };
+            let db = Db::open(dir.path(), opts).unwrap();
             if gc {
                 db.set_gc_horizon_ms(Some(u64::MAX / 2));
             }
