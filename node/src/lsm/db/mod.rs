@@ -413,15 +413,13 @@ impl Inner {
         }
     }
 
-    /// Wall-clock ms before which deleted cells may be purged.
+    /// Wall-clock ms before which deleted cells may be purged; never later than now, whatever
+    /// the caller set, so nothing can count as expired before it has.
     fn gc_horizon_ms(&self) -> u64 {
+        let now = self.opts.clock.now_ms();
         match self.gc_horizon_ms.load(Ordering::SeqCst) {
-            0 => self
-                .opts
-                .clock
-                .now_ms()
-                .saturating_sub(self.opts.gc_grace_ms),
-            h => h,
+            0 => now.saturating_sub(self.opts.gc_grace_ms),
+            h => h.min(now),
         }
     }
 

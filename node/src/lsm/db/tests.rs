@@ -82,6 +82,7 @@ fn expired_cells_read_as_deleted_and_are_purged_after_the_horizon() {
     assert!(live(&db, b"ttl").is_some());
     clock.advance(1000);
     assert_eq!(live(&db, b"ttl"), None);
+    clock.advance(2000);
     db.set_gc_horizon_ms(Some(T0_MS + 2000));
     for i in 0..3u64 {
         db.put(format!("other{i}").as_bytes(), Cell::value(ts(1), "x"))
