@@ -165,7 +165,12 @@ impl Ring {
     /// replica in the Cassandra sense ("primary range" repairs walk these).
     pub fn primary(&self, token: Token) -> Option<&Node> {
         self.range_index(token)
-            .map(|i| self.node(self.owners[i]))
+            .map(|i| self.node(self.owner_of(i)))
+    }
+
+    /// The node holding ring token `i`.
+    pub(crate) fn owner_of(&self, i: usize) -> NodeIdx {
+        self.owners[i]
     }
 
     /// The range `i` of the ring, ending at `tokens()[i]`.
@@ -543,5 +548,188 @@ impl<'a> ReplicaSet<'a> {
     /// Why this set holds fewer replicas than the keyspace asks for, if it does.
     pub fn shortfalls(&self) -> &'a [Shortfall] {
         self.placement.shortfalls()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeState;
+
+    fn node(id: &str, dc: &str, rack: &str, tokens: &[u128]) -> Node {
+        Node {
+            id: id.into(),
+            address: format!("{id}:7000"),
+            dc: dc.into(),
+            rack: rack.into(),
+            state: NodeState::Normal,
+            tokens: tokens.iter().map(|&t| Token(t)).collect(),
+        }
+    }
+
+    fn state(nodes: Vec<Node>, replication: &[(&str, usize)]) -> RingState {
+        RingState {
+            epoch: 1,
+            keyspaces: [("ks".to_owned(), Keyspace::new(replication.iter().copied()))].into(),
+            nodes,
+        }
+    }
+
+    /// Two DCs: east has racks r1 (a, c) and r2 (b); west has one node.
+    fn two_dcs() -> RingState {
+        state(
+            vec![
+                node("a", "east", "r1", &[100, 400]),
+                node("b", "east", "r2", &[200]),
+                node("c", "east", "r1", &[300]),
+                node("w", "west", "r1", &[250]),
+            ],
+            &[("east", 2), ("west", 1)],
+        )
+    }
+
+    fn ids(set: &[NodeIdx], ring: &Ring) -> Vec<String> {
+        set.iter().map(|&n| ring.node(n).id.0.clone()).collect()
+    }
+
+    #[test]
+    fn a_token_belongs_to_the_first_ring_token_at_or_after_it() {
+        let ring = Ring::new(two_dcs()).unwrap();
+        let p = ring.placement("ks").unwrap();
+        assert_eq!(ids(p.replicas(Token(150)).in_dc("east"), &ring), ["b", "c"]);
+        assert_eq!(ids(p.replicas(Token(200)).in_dc("east"), &ring), ["b", "c"]);
+        // Past the last token the ring wraps to the first.
+        assert_eq!(ids(p.replicas(Token(401)).in_dc("east"), &ring), ["a", "b"]);
+        assert_eq!(ring.primary(Token(401)).unwrap().id.as_str(), "a");
+    }
+
+    #[test]
+    fn racks_are_spread_before_nodes_are() {
+        let ring = Ring::new(two_dcs()).unwrap();
+        let p = ring.placement("ks").unwrap();
+        // From 250 the east walk meets c (r1), a (r1), then b (r2): a is skipped for b.
+        assert_eq!(ids(p.replicas(Token(260)).in_dc("east"), &ring), ["c", "b"]);
+    }
+
+    #[test]
+    fn replica_sets_list_dcs_in_name_order_with_each_dc_primary_first() {
+        let ring = Ring::new(two_dcs()).unwrap();
+        let set = ring.placement("ks").unwrap().replicas(Token(150));
+        assert_eq!(ids(set.indices(), &ring), ["b", "c", "w"]);
+        assert_eq!(set.primary("west").unwrap().id.as_str(), "w");
+        assert!(set.in_dc("north").is_empty());
+        assert!(set.shortfalls().is_empty());
+    }
+
+    #[test]
+    fn a_dc_smaller_than_its_rf_gives_all_its_nodes_and_says_why() {
+        let ring = Ring::new(state(
+            vec![node("a", "east", "r1", &[1]), node("b", "east", "r2", &[2])],
+            &[("east", 3)],
+        ))
+        .unwrap();
+        let p = ring.placement("ks").unwrap();
+        let set = p.replicas(Token(5));
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            set.shortfalls()[0].to_string(),
+            "east has 2 nodes, fewer than the 3 replicas asked for"
+        );
+        assert_eq!(
+            ring.check().unwrap_err().to_string(),
+            "keyspace ks wants 3 replicas in east, which has only 2 nodes"
+        );
+    }
+
+    #[test]
+    fn joining_and_left_nodes_own_nothing() {
+        let mut s = two_dcs();
+        s.nodes[1].state = NodeState::Joining;
+        s.nodes[2].state = NodeState::Left;
+        let ring = Ring::new(s).unwrap();
+        let p = ring.placement("ks").unwrap();
+        assert_eq!(ids(p.replicas(Token(150)).in_dc("east"), &ring), ["a"]);
+        assert_eq!(ring.tokens().len(), 3);
+    }
+
+    #[test]
+    fn ranges_of_a_node_merge_across_the_wrap() {
+        let ring = Ring::new(state(
+            vec![node("a", "east", "r1", &[10, 30]), node("b", "east", "r1", &[20])],
+            &[("east", 1)],
+        ))
+        .unwrap();
+        let p = ring.placement("ks").unwrap();
+        let a = ring.find("a").unwrap();
+        assert_eq!(
+            p.ranges_of(a),
+            vec![
+                TokenRange::new(Token(20), Token(10)),
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_tokens_are_rejected_with_both_claimants() {
+        let mut s = two_dcs();
+        s.nodes[1].tokens.push(Token(300));
+        assert_eq!(
+            Ring::new(s).unwrap_err().to_string(),
+            "token 300 is claimed by both b and c"
+        );
+    }
+
+    #[test]
+    fn a_left_node_releases_its_tokens() {
+        let mut s = two_dcs();
+        s.nodes[2].state = NodeState::Left;
+        s.nodes[1].tokens.push(Token(300));
+        assert!(Ring::new(s).is_ok());
+    }
+
+    #[test]
+    fn unknown_dc_in_a_keyspace_is_rejected() {
+        let s = state(vec![node("a", "east", "r1", &[1])], &[("west", 3)]);
+        assert_eq!(
+            Ring::new(s).unwrap_err().to_string(),
+            "keyspace ks replicates to unknown datacenter west (known: east)"
+        );
+    }
+
+    #[test]
+    fn nodes_without_rack_dc_or_tokens_are_rejected() {
+        let s = state(vec![node("a", "east", " ", &[1])], &[]);
+        assert_eq!(Ring::new(s).err(), Some(TopologyError::NodeWithoutRack("a".into())));
+        let s = state(vec![node("a", "", "r1", &[1])], &[]);
+        assert_eq!(Ring::new(s).err(), Some(TopologyError::NodeWithoutDc("a".into())));
+        let s = state(vec![node("a", "east", "r1", &[])], &[]);
+        assert_eq!(
+            Ring::new(s).unwrap_err().to_string(),
+            "node a is NORMAL but has no tokens"
+        );
+    }
+
+    #[test]
+    fn duplicate_node_ids_are_rejected() {
+        let s = state(
+            vec![node("a", "east", "r1", &[1]), node("a", "east", "r1", &[2])],
+            &[],
+        );
+        assert_eq!(Ring::new(s).err(), Some(TopologyError::DuplicateNode("a".into())));
+    }
+
+    #[test]
+    fn unknown_keyspace_is_an_error() {
+        let ring = Ring::new(two_dcs()).unwrap();
+        assert_eq!(
+            ring.placement("nope").err(),
+            Some(TopologyError::UnknownKeyspace("nope".into()))
+        );
+    }
+
+    #[test]
+    fn an_empty_ring_has_no_replicas() {
+        let ring = Ring::new(RingState::default()).unwrap();
+        assert!(ring.primary(Token(1)).is_none());
     }
 }
