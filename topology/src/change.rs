@@ -133,7 +133,10 @@ impl Ring {
             .map_err(|_| TopologyError::UnknownToken(from))?;
         let node = self.owner_of(owner);
         let tokens = &mut state.nodes[node.index()].tokens;
-        let at = tokens.iter().position(|&t| t == from).expect("owner holds it");
+        let at = tokens
+            .iter()
+            .position(|&t| t == from)
+            .expect("owner holds it");
         tokens[at] = to;
         Ok(())
     }
@@ -197,7 +200,10 @@ mod tests {
         let joined = node("c", "east", NodeState::Joining, &[45]);
         let after = ring().apply(&Change::Join { node: joined }).unwrap();
         let c = after.node("c").unwrap();
-        assert_eq!((c.state, c.tokens.clone()), (NodeState::Normal, vec![Token(45)]));
+        assert_eq!(
+            (c.state, c.tokens.clone()),
+            (NodeState::Normal, vec![Token(45)])
+        );
         assert_eq!(after.nodes.len(), 3);
     }
 

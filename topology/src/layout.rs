@@ -172,7 +172,11 @@ mod tests {
             .collect();
         assert_eq!(
             racks,
-            vec![("east-1", "rack1"), ("east-2", "rack2"), ("east-3", "rack1")]
+            vec![
+                ("east-1", "rack1"),
+                ("east-2", "rack2"),
+                ("east-3", "rack1")
+            ]
         );
         assert!(state.nodes.iter().all(|n| n.tokens.len() == 8));
     }
@@ -192,9 +196,16 @@ mod tests {
     #[test]
     fn bad_specs_name_the_dc_and_the_problem() {
         let mut rng = StdRng::seed_from_u64(1);
-        let err = layout(&spec(vec![DcSpec::new("a", 4, 3)]), Allocator::Even, &mut rng)
-            .unwrap_err();
-        assert_eq!(err.to_string(), "datacenter a: 4 racks cannot all hold one of 3 nodes");
+        let err = layout(
+            &spec(vec![DcSpec::new("a", 4, 3)]),
+            Allocator::Even,
+            &mut rng,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "datacenter a: 4 racks cannot all hold one of 3 nodes"
+        );
         let twice = spec(vec![DcSpec::new("a", 1, 1), DcSpec::new("a", 1, 1)]);
         assert!(layout(&twice, Allocator::Even, &mut rng)
             .unwrap_err()

@@ -96,10 +96,7 @@ impl Placement<'_> {
     /// there or the DC has fewer than two nodes.
     pub fn quorum_loss(&self, dc: &str) -> Option<QuorumLoss> {
         let ring = self.ring();
-        let seg = self
-            .segments()
-            .iter()
-            .find(|s| ring.dcs[s.dc].name == dc)?;
+        let seg = self.segments().iter().find(|s| ring.dcs[s.dc].name == dc)?;
         let n = ring.dcs[seg.dc].owners.len();
         if n < 2 {
             return None;

@@ -247,7 +247,12 @@ mod tests {
 
     #[test]
     fn a_join_takes_its_range_from_the_replica_that_gives_it_up() {
-        let p = plan(&ring(2), Change::Join { node: node("e", &[150]) });
+        let p = plan(
+            &ring(2),
+            Change::Join {
+                node: node("e", &[150]),
+            },
+        );
         // (100, 150] was on b and c, now on e and b: c hands it to e. (400, 100] was on a
         // and b and is now on a and e: b hands it over.
         assert_eq!(
@@ -300,7 +305,10 @@ mod tests {
             .flat_map(|t| t.streams.iter().map(|s| s.source.clone().unwrap()))
             .collect();
         assert_eq!(sources, vec![NodeId::from("a"), NodeId::from("c")]);
-        assert!(p.transfers.iter().all(|t| t.streams[0].target.as_str() == "e"));
+        assert!(p
+            .transfers
+            .iter()
+            .all(|t| t.streams[0].target.as_str() == "e"));
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Ring {
         &self.tokens
     }
 
-    /// DCs with at least one node that has not left, by name.
+    /// DCs that any node of the state names, by name.
     pub fn datacenters(&self) -> impl Iterator<Item = &str> {
         self.dcs.iter().map(|d| d.name.as_str())
     }
@@ -164,8 +164,7 @@ impl Ring {
     /// The node owning the range a token falls in, whatever the keyspace: the primary
     /// replica in the Cassandra sense ("primary range" repairs walk these).
     pub fn primary(&self, token: Token) -> Option<&Node> {
-        self.range_index(token)
-            .map(|i| self.node(self.owner_of(i)))
+        self.range_index(token).map(|i| self.node(self.owner_of(i)))
     }
 
     /// The node holding ring token `i`.
@@ -232,12 +231,9 @@ fn claimed_tokens(state: &RingState) -> Result<Vec<(Token, NodeIdx)>, TopologyEr
 }
 
 fn build_dcs(state: &RingState, claimed: &[(Token, NodeIdx)]) -> Vec<Dc> {
-    let names: BTreeSet<&str> = state
-        .nodes
-        .iter()
-        .filter(|n| n.state != crate::NodeState::Left)
-        .map(|n| n.dc.as_str())
-        .collect();
+    // A DC whose nodes all left stays known: its keyspaces then report a shortfall
+    // rather than naming an unknown DC.
+    let names: BTreeSet<&str> = state.nodes.iter().map(|n| n.dc.as_str()).collect();
     names
         .into_iter()
         .map(|name| build_dc(state, claimed, name))
@@ -347,7 +343,11 @@ impl ReplicaTable {
         let mut shortfalls = Vec::new();
         let mut stride = 0;
         for (name, &rf) in ks.replication.iter().filter(|(_, &rf)| rf > 0) {
-            let dc = ring.dcs.iter().position(|d| &d.name == name).expect("checked");
+            let dc = ring
+                .dcs
+                .iter()
+                .position(|d| &d.name == name)
+                .expect("checked");
             let nodes = ring.dcs[dc].owners.len();
             if nodes < rf {
                 shortfalls.push(Shortfall {
@@ -655,18 +655,16 @@ mod tests {
     #[test]
     fn ranges_of_a_node_merge_across_the_wrap() {
         let ring = Ring::new(state(
-            vec![node("a", "east", "r1", &[10, 30]), node("b", "east", "r1", &[20])],
+            vec![
+                node("a", "east", "r1", &[10, 30]),
+                node("b", "east", "r1", &[20]),
+            ],
             &[("east", 1)],
         ))
         .unwrap();
         let p = ring.placement("ks").unwrap();
         let a = ring.find("a").unwrap();
-        assert_eq!(
-            p.ranges_of(a),
-            vec![
-                TokenRange::new(Token(20), Token(10)),
-            ]
-        );
+        assert_eq!(p.ranges_of(a), vec![TokenRange::new(Token(20), Token(10)),]);
     }
 
     #[test]
@@ -699,9 +697,15 @@ mod tests {
     #[test]
     fn nodes_without_rack_dc_or_tokens_are_rejected() {
         let s = state(vec![node("a", "east", " ", &[1])], &[]);
-        assert_eq!(Ring::new(s).err(), Some(TopologyError::NodeWithoutRack("a".into())));
+        assert_eq!(
+            Ring::new(s).err(),
+            Some(TopologyError::NodeWithoutRack("a".into()))
+        );
         let s = state(vec![node("a", "", "r1", &[1])], &[]);
-        assert_eq!(Ring::new(s).err(), Some(TopologyError::NodeWithoutDc("a".into())));
+        assert_eq!(
+            Ring::new(s).err(),
+            Some(TopologyError::NodeWithoutDc("a".into()))
+        );
         let s = state(vec![node("a", "east", "r1", &[])], &[]);
         assert_eq!(
             Ring::new(s).unwrap_err().to_string(),
@@ -715,7 +719,10 @@ mod tests {
             vec![node("a", "east", "r1", &[1]), node("a", "east", "r1", &[2])],
             &[],
         );
-        assert_eq!(Ring::new(s).err(), Some(TopologyError::DuplicateNode("a".into())));
+        assert_eq!(
+            Ring::new(s).err(),
+            Some(TopologyError::DuplicateNode("a".into()))
+        );
     }
 
     #[test]

@@ -46,9 +46,12 @@ impl FromStr for Token {
     type Err = ParseTokenError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.trim().parse::<u128>().map(Token).map_err(|_| ParseTokenError {
-            input: s.to_owned(),
-        })
+        s.trim()
+            .parse::<u128>()
+            .map(Token)
+            .map_err(|_| ParseTokenError {
+                input: s.to_owned(),
+            })
     }
 }
 

@@ -174,7 +174,10 @@ mod tests {
         for &(n, r) in layout {
             racks[n as usize] = r;
         }
-        let rack_count = racks.iter().collect::<std::collections::BTreeSet<_>>().len();
+        let rack_count = racks
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         DcRing {
             tokens: (0..layout.len() as u128).map(|i| i * 10).collect(),
             owners: layout.iter().map(|&(n, _)| n).collect(),

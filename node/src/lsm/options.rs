@@ -32,7 +32,9 @@ impl Default for SyncPolicy {
 pub enum Compression {
     None,
     /// zstd at this level, per block; a block that does not shrink is kept raw.
-    Zstd { level: i32 },
+    Zstd {
+        level: i32,
+    },
 }
 
 /// How SSTables are merged in the background.
@@ -56,7 +58,10 @@ pub enum CompactionStrategy {
     },
     /// Tables are grouped by the window of their newest timestamp and compacted size-tiered
     /// within a window; a table whose every cell has expired is dropped whole.
-    TimeWindow { window_ms: u64, min_threshold: usize },
+    TimeWindow {
+        window_ms: u64,
+        min_threshold: usize,
+    },
 }
 
 impl CompactionStrategy {
@@ -164,16 +169,28 @@ impl Options {
     pub fn validate(&self) -> Result<()> {
         let bad = |name, reason: String| Err(Error::InvalidOption { name, reason });
         if !(4 * KIB..=64 * KIB).contains(&self.block_bytes) {
-            return bad("block_bytes", format!("{} is outside 4 KiB..=64 KiB", self.block_bytes));
+            return bad(
+                "block_bytes",
+                format!("{} is outside 4 KiB..=64 KiB", self.block_bytes),
+            );
         }
         if self.memtable_bytes < 64 * KIB {
-            return bad("memtable_bytes", format!("{} is below 64 KiB", self.memtable_bytes));
+            return bad(
+                "memtable_bytes",
+                format!("{} is below 64 KiB", self.memtable_bytes),
+            );
         }
         if self.key_bytes_max == 0 || self.key_bytes_max > u16::MAX as usize + 1 {
-            return bad("key_bytes_max", format!("{} is outside 1..=65536", self.key_bytes_max));
+            return bad(
+                "key_bytes_max",
+                format!("{} is outside 1..=65536", self.key_bytes_max),
+            );
         }
         if self.value_bytes_max == 0 || self.value_bytes_max > 256 * MIB {
-            return bad("value_bytes_max", format!("{} is outside 1..=256 MiB", self.value_bytes_max));
+            return bad(
+                "value_bytes_max",
+                format!("{} is outside 1..=256 MiB", self.value_bytes_max),
+            );
         }
         if self.immutable_memtables_max == 0 {
             return bad("immutable_memtables_max", "must be at least 1".into());
@@ -182,16 +199,29 @@ impl Options {
             return bad("l0_slowdown_files", "must not exceed l0_stop_files".into());
         }
         if self.bloom_bits_per_key > 32 {
-            return bad("bloom_bits_per_key", format!("{} is above 32", self.bloom_bits_per_key));
+            return bad(
+                "bloom_bits_per_key",
+                format!("{} is above 32", self.bloom_bits_per_key),
+            );
         }
-        if let SyncPolicy::Periodic { interval_ms, writes } = self.sync {
+        if let SyncPolicy::Periodic {
+            interval_ms,
+            writes,
+        } = self.sync
+        {
             if interval_ms == 0 || writes == 0 {
-                return bad("sync", "periodic interval_ms and writes must be positive".into());
+                return bad(
+                    "sync",
+                    "periodic interval_ms and writes must be positive".into(),
+                );
             }
         }
         if let Compression::Zstd { level } = self.compression {
             if !(-7..=22).contains(&level) {
-                return bad("compression", format!("zstd level {level} is outside -7..=22"));
+                return bad(
+                    "compression",
+                    format!("zstd level {level} is outside -7..=22"),
+                );
             }
         }
         self.compaction_validate()
@@ -212,7 +242,9 @@ impl Options {
                 table_bytes_target,
             } => {
                 if l0_trigger_files < 2 || level_multiplier < 2 || l1_bytes == 0 {
-                    return bad("leveled needs l0_trigger_files >= 2, level_multiplier >= 2, l1_bytes > 0");
+                    return bad(
+                        "leveled needs l0_trigger_files >= 2, level_multiplier >= 2, l1_bytes > 0",
+                    );
                 }
                 if table_bytes_target < 64 * KIB as u64 {
                     return bad("leveled table_bytes_target must be at least 64 KiB");

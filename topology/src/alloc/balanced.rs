@@ -241,9 +241,13 @@ impl<'a> Balancer<'a> {
         let token = claim(self.taken, advance(self.ring.range_start(j), share));
         let pos = self.insert(token);
         let n = self.ring.tokens.len();
-        let ahead = self
-            .walker
-            .select(&self.ring, self.rule, Start::Token(pos), None, &mut self.old);
+        let ahead = self.walker.select(
+            &self.ring,
+            self.rule,
+            Start::Token(pos),
+            None,
+            &mut self.old,
+        );
         // Splits whose walks meet the new token: the ranges whose walk reaches it (and one
         // more, whose walk from its own split point may), and those that the walk from the
         // new token reaches.
