@@ -53,6 +53,6 @@ pub enum TopologyError {
     },
     #[error("datacenter {dc}: {reason}")]
     BadDcSpec { dc: String, reason: String },
-    #[error("a new node needs at least one token, {node} asked for none")]
+    #[error("{node} asks for no tokens; a node needs at least one")]
     NoVnodes { node: String },
 }

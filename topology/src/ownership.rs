@@ -138,7 +138,6 @@ impl Placement<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::layout::{layout, ClusterSpec, DcSpec};
     use crate::{Allocator, Ring};
     use rand::{rngs::StdRng, SeedableRng};
