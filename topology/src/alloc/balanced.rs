@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use rand::Rng;
 
-use super::{claim, largest_gap_middle, spaced, LocalDc};
+use super::{claim, largest_gap_middle, LocalDc};
 use crate::token::{advance, span_share};
 use crate::walk::{DcRing, Rule, Start, Virtual, Walker};
 
@@ -40,14 +40,11 @@ pub(super) fn allocate<R: Rng + ?Sized>(
 ) -> Vec<u128> {
     let ring = &local.ring;
     let x = local.new_node as usize;
-    if ring.tokens.is_empty() {
-        return spaced(rng.gen(), vnodes, taken);
-    }
-    // While the DC has no more nodes than replicas, every node holds everything: only
-    // spreading the tokens matters, for the nodes that come later.
+    // While the DC has no more nodes than replicas, every node holds everything. Random
+    // tokens then leave no pattern that would make the same nodes share ranges over and
+    // over (evenly spaced ones would, raising what a double failure costs).
     if x < rf {
-        let offset = largest_gap_middle(ring).expect("ring has tokens");
-        return spaced(offset, vnodes, taken);
+        return super::random(vnodes, taken, rng);
     }
     let racks_before = ring.racks[..x].iter().collect::<BTreeSet<_>>().len();
     let opens_rack = !ring.racks[..x].contains(&ring.racks[x]);
