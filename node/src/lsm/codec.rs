@@ -12,7 +12,16 @@ pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 
 /// Reads a LEB128 varint at the start of `buf`: `(value, bytes used)`, or `None` if it is
 /// truncated or longer than 10 bytes.
+#[inline]
 pub fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    // Block entry lengths are nearly always below 128: one byte, no loop.
+    match buf.first() {
+        Some(&b) if b < 0x80 => Some((u64::from(b), 1)),
+        _ => get_varint_slow(buf),
+    }
+}
+
+fn get_varint_slow(buf: &[u8]) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
     for (i, &b) in buf.iter().enumerate().take(10) {
         let part = u64::from(b & 0x7f);

@@ -327,7 +327,10 @@ fn pick_expired_drop(cx: &PickContext) -> Option<Task> {
     let files: Vec<u64> = cx
         .tables
         .iter()
-        .filter(|t| !cx.busy.contains(&t.file_number) && t.fully_expired_before(cx.gc_horizon_ms))
+        .filter(|t| {
+            let horizon = cx.gc_horizon_ms.min(cx.now_ms);
+            !cx.busy.contains(&t.file_number) && t.fully_expired_before(horizon)
+        })
         .filter(|t| t.max_timestamp < cx.memtable_min_timestamp)
         .filter(|t| {
             !cx.tables.iter().any(|o| {

@@ -100,7 +100,9 @@ pub struct Options {
     pub sync: SyncPolicy,
     pub wal_segment_bytes_max: u64,
     pub wal_segment_age_ms_max: u64,
-    /// Bytes reserved up front for each new WAL segment (0 disables preallocation).
+    /// Bytes reserved ahead of the WAL's end, in steps of this size, so synced appends do not
+    /// also update the file size (0 disables preallocation). Small steps keep the unused
+    /// reservation, counted as disk space, small.
     pub wal_preallocate_bytes: u64,
     pub memtable_bytes: usize,
     /// Sealed memtables waiting for flush before writes stall.
@@ -133,7 +135,7 @@ impl Default for Options {
             sync: SyncPolicy::default(),
             wal_segment_bytes_max: 1024 * MIB as u64,
             wal_segment_age_ms_max: 10 * 60 * 1000,
-            wal_preallocate_bytes: 64 * MIB as u64,
+            wal_preallocate_bytes: 8 * MIB as u64,
             memtable_bytes: 64 * MIB,
             immutable_memtables_max: 2,
             block_bytes: 16 * KIB,

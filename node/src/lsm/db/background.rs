@@ -213,16 +213,41 @@ fn run_pending(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn pick(inner: &Inner, v: &Version) -> Option<Task> {
-    let infos = v.table_infos();
+fn pick(inner: &Inner, v: &Version) -> Option<Task> {
+    pick_avoiding(inner, v, &v.table_infos(), &HashSet::new())
+}
+
+fn pick_avoiding(
+    inner: &Inner,
+    v: &Version,
+    infos: &[compaction::TableInfo],
+    busy: &HashSet<u64>,
+) -> Option<Task> {
     let cx = PickContext {
-        tables: &infos,
-        busy: &HashSet::new(),
+        tables: infos,
+        busy,
         now_ms: inner.opts.clock.now_ms(),
         gc_horizon_ms: inner.gc_horizon_ms(),
         memtable_min_timestamp: v.memtable_min_timestamp(),
     };
     compaction::pick(&inner.opts.compaction, &cx)
+}
+
+/// How many independent tasks the strategy would run now (an estimate of the backlog: tasks
+/// that only become due after others finish are not counted).
+pub(super) fn pending_tasks(inner: &Inner, v: &Version) -> usize {
+    const COUNT_MAX: usize = 64;
+    let infos = v.table_infos();
+    let mut busy = HashSet::new();
+    let mut count = 0;
+    while count < COUNT_MAX {
+        let Some(task) = pick_avoiding(inner, v, &infos, &busy) else {
+            break;
+        };
+        busy.extend(task.files());
+        count += 1;
+    }
+    count
 }
 
 fn run_task(inner: &Inner, v: &Version, task: Task) -> Result<()> {

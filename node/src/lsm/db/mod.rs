@@ -177,7 +177,7 @@ impl Db {
             let _ = worker.join();
         }
         let _gate = self.inner.write_gate.write();
-        self.inner.wal.sync()
+        self.inner.wal.trim()
     }
 }
 
@@ -413,22 +413,23 @@ impl Inner {
         }
     }
 
-    /// Wall-clock ms before which deleted cells may be purged.
+    /// Wall-clock ms before which deleted cells may be purged; never later than now, whatever
+    /// the caller set, so nothing can count as expired before it has.
     fn gc_horizon_ms(&self) -> u64 {
+        let now = self.opts.clock.now_ms();
         match self.gc_horizon_ms.load(Ordering::SeqCst) {
-            0 => self
-                .opts
-                .clock
-                .now_ms()
-                .saturating_sub(self.opts.gc_grace_ms),
-            h => h,
+            0 => now.saturating_sub(self.opts.gc_grace_ms),
+            h => h.min(now),
         }
     }
 
     fn stats(&self) -> DbStats {
         let v = self.current();
-        self.counters
-            .snapshot(&v, &self.block_cache, &self.row_cache, &self.wal)
+        let mut stats = self
+            .counters
+            .snapshot(&v, &self.block_cache, &self.row_cache, &self.wal);
+        stats.compactions_pending = background::pending_tasks(self, &v);
+        stats
     }
 }
 

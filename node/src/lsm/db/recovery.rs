@@ -37,12 +37,14 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         .max()
         .unwrap_or(0);
     let new_segment = state.next_file_number.max(max_file + 1);
-    let mut segments: Vec<u64> = state.wal_segments.iter().copied().collect();
-    segments.push(new_segment);
-    let mem = Arc::new(Memtable::new(segments));
-    let last_seq = replay_wal(dir, &state, &mem)?;
+    let (segments, never_created) = existing_segments(dir, &state)?;
+    let mem = Arc::new(Memtable::new(
+        segments.iter().copied().chain([new_segment]).collect(),
+    ));
+    let last_seq = replay_wal(dir, &segments, state.flushed_seq, &mem)?;
     manifest.apply(&VersionEdit {
         add_wal: vec![new_segment],
+        remove_wal: never_created,
         next_file_number: Some(new_segment + 1),
         ..Default::default()
     })?;
@@ -152,23 +154,39 @@ fn open_tables(
     Ok(tables)
 }
 
-/// Rebuilds the memtable from every live segment, skipping records already flushed. Returns
-/// the highest sequence number seen.
-fn replay_wal(dir: &Path, state: &ManifestState, mem: &Memtable) -> Result<u64> {
-    let segments: Vec<u64> = state.wal_segments.iter().copied().collect();
+/// The listed WAL segments that exist, and the newest listed one if a crash came between
+/// recording it in the manifest and creating it. Any other missing segment is corruption.
+fn existing_segments(dir: &Path, state: &ManifestState) -> Result<(Vec<u64>, Vec<u64>)> {
+    let mut segments: Vec<u64> = state.wal_segments.iter().copied().collect();
+    let mut never_created = Vec::new();
+    if let Some(&last) = segments.last() {
+        if !wal::segment_path(dir, last).exists() {
+            never_created.push(last);
+            segments.pop();
+        }
+    }
+    if let Some(gone) = segments
+        .iter()
+        .find(|id| !wal::segment_path(dir, **id).exists())
+    {
+        let reason = "the manifest lists this WAL segment but it does not exist";
+        return Err(Error::corruption(wal::segment_path(dir, *gone), 0, reason));
+    }
+    Ok((segments, never_created))
+}
+
+/// Rebuilds the memtable from `segments`, skipping records already flushed. Returns the
+/// highest sequence number seen. Only the newest segment may end in a torn write.
+fn replay_wal(dir: &Path, segments: &[u64], flushed_seq: u64, mem: &Memtable) -> Result<u64> {
     let mut last_seq = 0;
     for (i, &id) in segments.iter().enumerate() {
         let path = wal::segment_path(dir, id);
         let is_last = i + 1 == segments.len();
-        if is_last && !path.exists() {
-            // The manifest listed it but the crash came before the file was created.
-            continue;
-        }
         let replay = wal::replay_segment(&path, is_last, |seq, mutations| {
             for (j, m) in mutations.into_iter().enumerate() {
                 let s = seq + j as u64;
                 last_seq = last_seq.max(s);
-                if s > state.flushed_seq {
+                if s > flushed_seq {
                     mem.insert(m.key, s, m.cell);
                 }
             }

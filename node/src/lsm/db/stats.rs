@@ -76,6 +76,7 @@ impl Counters {
             flushes: get(&self.flushes),
             flush_bytes_written: get(&self.flush_bytes),
             compactions: get(&self.compactions),
+            compactions_pending: 0,
             compaction_bytes_read: get(&self.compaction_read_bytes),
             compaction_bytes_written: get(&self.compaction_written_bytes),
             purged_cells: get(&self.purged_cells),
@@ -105,6 +106,8 @@ pub struct DbStats {
     pub flushes: u64,
     pub flush_bytes_written: u64,
     pub compactions: u64,
+    /// Compaction tasks the strategy would start now, if it could run them all at once.
+    pub compactions_pending: usize,
     pub compaction_bytes_read: u64,
     pub compaction_bytes_written: u64,
     /// Tombstones and expired cells dropped by compaction.

@@ -66,6 +66,7 @@ fn an_older_write_arriving_later_does_not_win() {
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"new"[..]));
     db.flush().unwrap();
     db.wait_for_compactions().unwrap();
+    assert_eq!(db.stats().compactions_pending, 0);
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"new"[..]));
     db.put(b"k", Cell::tombstone(ts(7))).unwrap();
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"new"[..]));
@@ -81,6 +82,7 @@ fn expired_cells_read_as_deleted_and_are_purged_after_the_horizon() {
     assert!(live(&db, b"ttl").is_some());
     clock.advance(1000);
     assert_eq!(live(&db, b"ttl"), None);
+    clock.advance(2000);
     db.set_gc_horizon_ms(Some(T0_MS + 2000));
     for i in 0..3u64 {
         db.put(format!("other{i}").as_bytes(), Cell::value(ts(1), "x"))
@@ -322,14 +324,24 @@ fn check_against(db: &Db, model: &Model, now_ms: u64) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn prop_engine_matches_model(ops in proptest::collection::vec(op(), 1..120), gc in any::<bool>()) {
+    fn prop_engine_matches_model(
+        ops in proptest::collection::vec(op(), 1..120),
+        gc in any::<bool>(),
+        strategy in 0..3,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0_MS));
+        let compaction = match strategy {
+            0 => small_opts(clock.clone()).compaction,
+            1 => CompactionStrategy::SizeTiered { min_threshold: 2, max_threshold: 4, bucket_low: 0.5, bucket_high: 1.5 },
+            _ => CompactionStrategy::TimeWindow { window_ms: 10, min_threshold: 2 },
+        };
         let open = || {
-            let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+            let opts = Options { compaction, ..small_opts(clock.clone()) };
+            let db = Db::open(dir.path(), opts).unwrap();
             if gc {
                 db.set_gc_horizon_ms(Some(u64::MAX / 2));
             }
@@ -372,4 +384,35 @@ proptest! {
         db.wait_for_compactions().unwrap();
         check_against(&db, &model, clock.now_ms())?;
     }
+}
+
+#[test]
+fn a_crash_between_recording_and_creating_a_wal_segment_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    {
+        let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+        db.put(b"k", Cell::value(ts(1), "v")).unwrap();
+        db.close().unwrap();
+    }
+    let segments = crate::lsm::wal::list_segments(dir.path()).unwrap();
+    let newest = *segments.last().unwrap();
+    // The newest segment was being written when the crash came: a torn record at its end.
+    let path = crate::lsm::wal::segment_path(dir.path(), newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    bytes.truncate(end);
+    bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad]);
+    std::fs::write(&path, bytes).unwrap();
+    {
+        let (manifest, _) =
+            crate::lsm::manifest::Manifest::open(&dir.path().join("manifest")).unwrap();
+        let edit = crate::lsm::manifest::VersionEdit {
+            add_wal: vec![newest + 100],
+            ..Default::default()
+        };
+        manifest.apply(&edit).unwrap();
+    }
+    let db = Db::open(dir.path(), small_opts(clock)).unwrap();
+    assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
 }

@@ -3,7 +3,8 @@
 //!
 //! The log is a directory of segment files `wal-<id>.log`; one is open for appends at a time
 //! and [`Wal::rotate`] starts the next. A segment can be deleted once every record in it is in
-//! an SSTable. The byte layout is in [`format`] and in docs/storage-format.md ("WAL segment").
+//! an SSTable. The byte layout is in `format.rs` and in docs/storage-format.md ("WAL
+//! segment"), which also gives the rule that tells a torn tail from corruption.
 
 mod format;
 mod replay;

@@ -289,14 +289,8 @@ impl SegmentReader {
         let Some(end) = at.checked_add(n as u64).filter(|&end| end <= self.len) else {
             return Ok(None);
         };
-        let window_end = self.window_at + self.window.len() as u64;
-        if at < self.window_at || end > window_end {
-            let want = n.max(READ_CHUNK_BYTES).min((self.len - at) as usize);
-            self.window.resize(want, 0);
-            self.file
-                .read_exact_at(&mut self.window, at)
-                .at(&self.path)?;
-            self.window_at = at;
+        if at < self.window_at || end > self.window_end() {
+            self.load(at, n)?;
         }
         let start = (at - self.window_at) as usize;
         Ok(Some(&self.window[start..start + n]))
@@ -306,13 +300,30 @@ impl SegmentReader {
     fn next_nonzero(&mut self, from: u64) -> Result<Option<u64>> {
         let mut at = from;
         while at < self.len {
-            let n = READ_CHUNK_BYTES.min((self.len - at) as usize);
-            let chunk = self.get(at, n)?.unwrap_or_default();
-            if let Some(i) = chunk.iter().position(|&b| b != 0) {
+            if at < self.window_at || at >= self.window_end() {
+                self.load(at, 1)?;
+            }
+            let buffered = &self.window[(at - self.window_at) as usize..];
+            if let Some(i) = buffered.iter().position(|&b| b != 0) {
                 return Ok(Some(at + i as u64));
             }
-            at += n as u64;
+            at += buffered.len() as u64;
         }
         Ok(None)
+    }
+
+    fn window_end(&self) -> u64 {
+        self.window_at + self.window.len() as u64
+    }
+
+    /// Reads at least `n` bytes from `at` (a whole chunk where the file has it).
+    fn load(&mut self, at: u64, n: usize) -> Result<()> {
+        let want = n.max(READ_CHUNK_BYTES).min((self.len - at) as usize);
+        self.window.resize(want, 0);
+        self.file
+            .read_exact_at(&mut self.window, at)
+            .at(&self.path)?;
+        self.window_at = at;
+        Ok(())
     }
 }

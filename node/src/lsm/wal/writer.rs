@@ -215,10 +215,8 @@ impl Wal {
     /// to its last record, dropping the unused preallocation. If the new segment cannot be
     /// created, the old one stays current.
     pub fn rotate(&self, new_segment_id: u64) -> Result<()> {
-        let turn = self.inner.take_leader_role();
-        let result = self.inner.rotate(new_segment_id);
-        turn.finish(None, Vec::new());
-        result
+        let _leadership = self.inner.take_leader_role();
+        self.inner.rotate(new_segment_id)
     }
 
     /// True once the current segment holds records and reached `segment_bytes_max` bytes, or
@@ -232,6 +230,14 @@ impl Wal {
         let age_ms = self.inner.clock.now_ms().saturating_sub(first_ms);
         seg.written.load(Ordering::Acquire) >= self.inner.opts.segment_bytes_max
             || age_ms >= self.inner.opts.segment_age_ms_max
+    }
+
+    /// Syncs the current segment and cuts its unused preallocation, as `close` does, for an
+    /// owner that shuts down without giving up the `Wal` by value: the next replay then reads
+    /// only records, not megabytes of zeros. Later appends still work.
+    pub fn trim(&self) -> Result<()> {
+        let _leadership = self.inner.take_leader_role();
+        self.inner.seal(&self.inner.current())
     }
 
     /// fdatasyncs everything written so far.
@@ -261,10 +267,8 @@ impl Wal {
     pub fn close(mut self) -> Result<()> {
         self.stop_syncer();
         self.closed = true;
-        let turn = self.inner.take_leader_role();
-        let result = self.inner.seal(&self.inner.current());
-        turn.finish(None, Vec::new());
-        result
+        let _leadership = self.inner.take_leader_role();
+        self.inner.seal(&self.inner.current())
     }
 
     fn stop_syncer(&mut self) {
@@ -318,13 +322,16 @@ impl Inner {
         }
     }
 
-    /// Writes every queued record as one group. The leader's own record is among them.
+    /// Writes every queued record as one group; the leader's own record is among them. The
+    /// leader hands over after one group, which keeps groups large: a leader that went on to
+    /// write what queued during its sync was measured to sync more often for no throughput.
     fn lead(&self, mut q: MutexGuard<'_, Queue>) -> Result<()> {
         q.leader = true;
+        let _leadership = Leadership(self);
         let spare = std::mem::take(&mut q.spare);
         let mut group = std::mem::replace(&mut q.queued, spare);
         let records = q.tickets_issued - q.completed;
-        let turn = LeaderTurn::new(self, q.completed + 1, q.tickets_issued);
+        let turn = GroupTurn::new(self, q.completed + 1, q.tickets_issued);
         let earlier_failure = q.failure.clone();
         drop(q);
         self.queue_room.notify_all();
@@ -332,7 +339,8 @@ impl Inner {
             Some(failure) => Err(failed_earlier(&failure)),
             None => self.write_group(&mut group, records),
         };
-        turn.finish(result.as_ref().err().map(ToString::to_string), group);
+        let failure = result.as_ref().err().map(ToString::to_string);
+        turn.complete(&mut self.queue.lock(), failure, group);
         result
     }
 
@@ -444,36 +452,31 @@ impl Inner {
     }
 
     /// Waits until no group is being written, then holds off the next one until the returned
-    /// turn finishes.
-    fn take_leader_role(&self) -> LeaderTurn<'_> {
+    /// guard drops.
+    fn take_leader_role(&self) -> Leadership<'_> {
         let mut q = self.queue.lock();
         while q.leader {
             self.turn_over.wait(&mut q);
         }
         q.leader = true;
-        LeaderTurn::new(self, q.completed + 1, q.completed)
-    }
-
-    fn finish_turn(&self, first: u64, last: u64, failure: Option<String>, buffer: Vec<u8>) {
-        let mut q = self.queue.lock();
-        q.completed = q.completed.max(last);
-        if let Some(failure) = failure {
-            q.failure.get_or_insert(failure);
-            q.failed_from = q.failed_from.min(first);
-        }
-        if q.spare.capacity() == 0 && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
-            let mut buffer = buffer;
-            buffer.clear();
-            q.spare = buffer;
-        }
-        q.leader = false;
-        drop(q);
-        self.turn_over.notify_all();
-        self.queue_room.notify_all();
+        Leadership(self)
     }
 }
 
 impl Queue {
+    fn complete(&mut self, first: u64, last: u64, failure: Option<String>, buffer: Vec<u8>) {
+        self.completed = self.completed.max(last);
+        if let Some(failure) = failure {
+            self.failure.get_or_insert(failure);
+            self.failed_from = self.failed_from.min(first);
+        }
+        if self.spare.capacity() == 0 && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
+            let mut buffer = buffer;
+            buffer.clear();
+            self.spare = buffer;
+        }
+    }
+
     fn outcome(&self, ticket: u64) -> Result<()> {
         match &self.failure {
             Some(failure) if ticket >= self.failed_from => Err(failed_earlier(failure)),
@@ -486,39 +489,49 @@ fn failed_earlier(failure: &str) -> Error {
     Error::BackgroundFailed(format!("WAL write or sync failed: {failure}"))
 }
 
-/// The leader role for tickets `first..=last`. Released on drop too, so a panicking leader
-/// fails its group instead of leaving the followers waiting forever.
-struct LeaderTurn<'a> {
+/// Tickets `first..=last` being written. If the leader panics before completing them, dropping
+/// this fails them instead of leaving their appenders waiting forever.
+struct GroupTurn<'a> {
     inner: &'a Inner,
     first: u64,
     last: u64,
-    finished: bool,
+    completed: bool,
 }
 
-impl<'a> LeaderTurn<'a> {
+impl<'a> GroupTurn<'a> {
     fn new(inner: &'a Inner, first: u64, last: u64) -> Self {
-        LeaderTurn {
+        GroupTurn {
             inner,
             first,
             last,
-            finished: false,
+            completed: false,
         }
     }
 
-    fn finish(mut self, failure: Option<String>, buffer: Vec<u8>) {
-        self.finished = true;
-        self.inner
-            .finish_turn(self.first, self.last, failure, buffer);
+    fn complete(mut self, q: &mut Queue, failure: Option<String>, buffer: Vec<u8>) {
+        self.completed = true;
+        q.complete(self.first, self.last, failure, buffer);
     }
 }
 
-impl Drop for LeaderTurn<'_> {
+impl Drop for GroupTurn<'_> {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.completed {
             let failure = "a WAL writer panicked mid-write".to_string();
-            self.inner
-                .finish_turn(self.first, self.last, Some(failure), Vec::new());
+            let mut q = self.inner.queue.lock();
+            q.complete(self.first, self.last, Some(failure), Vec::new());
         }
+    }
+}
+
+/// The leader role; dropping it (also when unwinding) lets the next appender lead.
+struct Leadership<'a>(&'a Inner);
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        self.0.queue.lock().leader = false;
+        self.0.turn_over.notify_all();
+        self.0.queue_room.notify_all();
     }
 }
 
