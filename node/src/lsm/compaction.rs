@@ -3,8 +3,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use bytes::Bytes;
-
 use super::clock::hlc_physical_ms;
 use super::options::CompactionStrategy;
 use super::sstable::Properties;
@@ -346,6 +344,7 @@ fn pick_expired_drop(cx: &PickContext) -> Option<Task> {
 mod tests {
     use super::*;
     use crate::lsm::clock::hlc_from_physical_ms;
+    use bytes::Bytes;
 
     const MIB: u64 = 1 << 20;
 
