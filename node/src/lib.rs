@@ -2,5 +2,6 @@
 //! of cluster keys inside it ([`storage_key`]); the coordinator, replication and membership join
 //! them in later issues.
 
+pub mod cluster;
 pub mod lsm;
 pub mod storage_key;
