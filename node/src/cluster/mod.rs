@@ -5,9 +5,11 @@
 
 pub mod consistency;
 pub mod hlc;
+pub mod quorum;
 
 pub use consistency::{
     ConsistencyError, ConsistencyLevel, Coordinator, DcReplicas, Operation,
     ParseConsistencyLevelError, ReadPlan, ReplicaLayout, Requirement, Unavailable, WritePlan,
 };
 pub use hlc::{Hlc, HlcError, DEFAULT_MAX_DRIFT_MS};
+pub use quorum::{Failure, Outcome, Recorded, ResponseTracker, Timeout};
