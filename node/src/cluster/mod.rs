@@ -6,6 +6,7 @@
 pub mod consistency;
 pub mod hlc;
 pub mod quorum;
+pub mod resolve;
 
 pub use consistency::{
     ConsistencyError, ConsistencyLevel, Coordinator, DcReplicas, Operation,
@@ -13,3 +14,4 @@ pub use consistency::{
 };
 pub use hlc::{Hlc, HlcError, DEFAULT_MAX_DRIFT_MS};
 pub use quorum::{Failure, Outcome, Recorded, ResponseTracker, Timeout};
+pub use resolve::{check_digests, digest, resolve, DigestCheck, ReadResponse, Resolution};
