@@ -5,6 +5,7 @@
 
 pub mod consistency;
 pub mod hlc;
+pub mod phi;
 pub mod quorum;
 pub mod resolve;
 
@@ -13,5 +14,6 @@ pub use consistency::{
     ParseConsistencyLevelError, ReadPlan, ReplicaLayout, Requirement, Unavailable, WritePlan,
 };
 pub use hlc::{Hlc, HlcError, DEFAULT_MAX_DRIFT_MS};
+pub use phi::{FailureDetector, PhiConfig};
 pub use quorum::{Failure, Outcome, Recorded, ResponseTracker, Timeout};
 pub use resolve::{check_digests, digest, resolve, DigestCheck, ReadResponse, Resolution};
