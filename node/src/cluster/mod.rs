@@ -4,6 +4,7 @@
 //! injected [`crate::lsm::Clock`], so a deterministic simulation can drive every decision.
 
 pub mod consistency;
+pub mod gossip;
 pub mod hlc;
 pub mod phi;
 pub mod quorum;
@@ -12,6 +13,9 @@ pub mod resolve;
 pub use consistency::{
     ConsistencyError, ConsistencyLevel, Coordinator, DcReplicas, Operation,
     ParseConsistencyLevelError, ReadPlan, ReplicaLayout, Requirement, Unavailable, WritePlan,
+};
+pub use gossip::{
+    Ack, Ack2, Addresses, Digest, EndpointState, GossipState, Location, MergeReport, Syn, Versioned,
 };
 pub use hlc::{Hlc, HlcError, DEFAULT_MAX_DRIFT_MS};
 pub use phi::{FailureDetector, PhiConfig};
