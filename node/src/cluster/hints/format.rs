@@ -267,6 +267,16 @@ mod tests {
             let _ = decode_key(&bytes);
         }
 
+        /// Past a valid checksum every length is still checked.
+        #[test]
+        fn prop_decoding_checksummed_garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 1..64)) {
+            let mut value = body;
+            value[0] = FORMAT_V1;
+            let checksum = xxhash_rust::xxh3::xxh3_64(&value);
+            value.put_u64_le(checksum);
+            let _ = decode_value(&Bytes::from(value));
+        }
+
         #[test]
         fn prop_decoding_a_truncated_value_fails(cut in 0usize..40) {
             let (ks, key, cell) = sample();

@@ -163,6 +163,42 @@ fn the_per_target_limit_refuses_with_the_numbers_and_stores_nothing() {
 }
 
 #[test]
+fn concurrent_stores_never_overshoot_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let opts = HintStoreOptions {
+        hint_bytes_max_per_target: 10_000,
+        ..options(&clock)
+    };
+    let store = HintStore::open(dir.path(), opts).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..100 {
+                    let _ = store.store(
+                        "n1",
+                        "ks",
+                        b"k",
+                        &Cell::value(1, vec![0u8; 80]),
+                        t * 100 + i,
+                    );
+                }
+            });
+        }
+    });
+    let held = store.pending("n1").unwrap();
+    assert!(
+        held.bytes <= 10_000 && held.bytes > 10_000 - 200,
+        "{held:?}"
+    );
+    let replayed = store.replay("n1", 1, usize::MAX).unwrap();
+    assert_eq!(replayed.hints.len() as u64, held.count);
+    let bytes: u64 = replayed.hints.iter().map(|h| h.stored_bytes).sum();
+    assert_eq!(bytes, held.bytes);
+}
+
+#[test]
 fn drop_target_removes_only_that_target() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(0));
