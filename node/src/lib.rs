@@ -1,6 +1,7 @@
-//! The storage node. For now this crate holds the embedded LSM engine ([`lsm`]) and the layout
-//! of cluster keys inside it ([`storage_key`]); the coordinator, replication and membership join
-//! them in later issues.
+//! The storage node: the embedded LSM engine ([`lsm`]), the layout of cluster keys inside it
+//! ([`storage_key`]), and the pure decisions of coordination and membership ([`cluster`]);
+//! the networked node that drives them joins in a later issue.
 
+pub mod cluster;
 pub mod lsm;
 pub mod storage_key;

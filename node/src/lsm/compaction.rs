@@ -3,10 +3,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use bytes::Bytes;
-
 use super::clock::hlc_physical_ms;
 use super::options::CompactionStrategy;
+use super::sstable::Properties;
 
 /// Deepest level a leveled tree uses.
 pub const LEVELS_MAX: u32 = 7;
@@ -22,27 +21,22 @@ const SMALL_TABLE_BYTES: u64 = 4 << 20;
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableInfo {
     pub file_number: u64,
+    /// Where the manifest has it now (`props.level` is where it was written).
     pub level: u32,
     pub file_bytes: u64,
-    pub min_key: Bytes,
-    pub max_key: Bytes,
-    pub min_timestamp: u64,
-    pub max_timestamp: u64,
-    pub entries: u64,
-    pub tombstones: u64,
-    pub expiring: u64,
-    pub max_expires_at_ms: u64,
-    pub created_ms: u64,
+    pub props: Properties,
 }
 
 impl TableInfo {
     fn overlaps(&self, min: &[u8], max: &[u8]) -> bool {
-        self.min_key.as_ref() <= max && min <= self.max_key.as_ref()
+        self.props.min_key.as_ref() <= max && min <= self.props.max_key.as_ref()
     }
 
     /// Every cell carries an expiry, and the last one lapsed before `horizon_ms`.
     fn fully_expired_before(&self, horizon_ms: u64) -> bool {
-        self.entries > 0 && self.expiring == self.entries && self.max_expires_at_ms < horizon_ms
+        self.props.entries > 0
+            && self.props.expiring == self.props.entries
+            && self.props.max_expires_at_ms < horizon_ms
     }
 }
 
@@ -154,8 +148,8 @@ fn pick_l0(shape: &LeveledShape, cx: &PickContext) -> Option<Task> {
     if l0.len() < shape.l0_trigger_files || l0.iter().any(|t| cx.busy.contains(&t.file_number)) {
         return None;
     }
-    let min = l0.iter().map(|t| &t.min_key).min()?;
-    let max = l0.iter().map(|t| &t.max_key).max()?;
+    let min = l0.iter().map(|t| &t.props.min_key).min()?;
+    let max = l0.iter().map(|t| &t.props.max_key).max()?;
     let l1: Vec<&TableInfo> = level_tables(cx, 1)
         .filter(|t| t.overlaps(min, max))
         .collect();
@@ -193,7 +187,7 @@ fn pick_in_level(shape: &LeveledShape, cx: &PickContext, level: u32) -> Option<T
         let overlap: Vec<&TableInfo> = next
             .iter()
             .copied()
-            .filter(|n| n.overlaps(&t.min_key, &t.max_key))
+            .filter(|n| n.overlaps(&t.props.min_key, &t.props.max_key))
             .collect();
         if overlap.iter().any(|n| cx.busy.contains(&n.file_number)) {
             continue;
@@ -267,11 +261,13 @@ fn fits_bucket(tiers: &Tiers, bucket: &[&TableInfo], t: &TableInfo) -> bool {
 fn pick_tombstone_heavy(tables: &[&TableInfo], cx: &PickContext) -> Option<Task> {
     tables
         .iter()
-        .filter(|t| cx.now_ms.saturating_sub(t.created_ms) >= TOMBSTONE_COMPACTION_INTERVAL_MS)
-        .filter(|t| hlc_physical_ms(t.min_timestamp) < cx.gc_horizon_ms)
+        .filter(|t| {
+            cx.now_ms.saturating_sub(t.props.created_ms) >= TOMBSTONE_COMPACTION_INTERVAL_MS
+        })
+        .filter(|t| hlc_physical_ms(t.props.min_timestamp) < cx.gc_horizon_ms)
         .find(|t| {
-            let droppable = t.tombstones + t.expiring;
-            t.entries > 0 && droppable as f64 / t.entries as f64 > TOMBSTONE_RATIO_MAX
+            let droppable = t.props.tombstones + t.props.expiring;
+            t.props.entries > 0 && droppable as f64 / t.props.entries as f64 > TOMBSTONE_RATIO_MAX
         })
         .map(|t| Task::Merge {
             inputs: vec![t.file_number],
@@ -294,7 +290,7 @@ fn pick_time_window(window_ms: u64, min_threshold: usize, cx: &PickContext) -> O
     let mut windows: BTreeMap<u64, Vec<&TableInfo>> = BTreeMap::new();
     for t in &free {
         windows
-            .entry(hlc_physical_ms(t.max_timestamp) / window_ms)
+            .entry(hlc_physical_ms(t.props.max_timestamp) / window_ms)
             .or_default()
             .push(t);
     }
@@ -331,12 +327,12 @@ fn pick_expired_drop(cx: &PickContext) -> Option<Task> {
             let horizon = cx.gc_horizon_ms.min(cx.now_ms);
             !cx.busy.contains(&t.file_number) && t.fully_expired_before(horizon)
         })
-        .filter(|t| t.max_timestamp < cx.memtable_min_timestamp)
+        .filter(|t| t.props.max_timestamp < cx.memtable_min_timestamp)
         .filter(|t| {
             !cx.tables.iter().any(|o| {
                 o.file_number != t.file_number
-                    && o.overlaps(&t.min_key, &t.max_key)
-                    && o.min_timestamp <= t.max_timestamp
+                    && o.overlaps(&t.props.min_key, &t.props.max_key)
+                    && o.props.min_timestamp <= t.props.max_timestamp
             })
         })
         .map(|t| t.file_number)
@@ -348,6 +344,7 @@ fn pick_expired_drop(cx: &PickContext) -> Option<Task> {
 mod tests {
     use super::*;
     use crate::lsm::clock::hlc_from_physical_ms;
+    use bytes::Bytes;
 
     const MIB: u64 = 1 << 20;
 
@@ -356,15 +353,12 @@ mod tests {
             file_number,
             level,
             file_bytes: mib * MIB,
-            min_key: Bytes::copy_from_slice(keys.0.as_bytes()),
-            max_key: Bytes::copy_from_slice(keys.1.as_bytes()),
-            min_timestamp: 0,
-            max_timestamp: 0,
-            entries: 100,
-            tombstones: 0,
-            expiring: 0,
-            max_expires_at_ms: 0,
-            created_ms: 0,
+            props: Properties {
+                min_key: Bytes::copy_from_slice(keys.0.as_bytes()),
+                max_key: Bytes::copy_from_slice(keys.1.as_bytes()),
+                entries: 100,
+                ..Properties::default()
+            },
         }
     }
 
@@ -447,13 +441,13 @@ mod tests {
         let none = HashSet::new();
         let window = 1000;
         let mut expired = table(1, 0, 1, ("a", "m"));
-        expired.expiring = expired.entries;
-        expired.max_expires_at_ms = 500;
-        expired.min_timestamp = hlc_from_physical_ms(100);
-        expired.max_timestamp = hlc_from_physical_ms(200);
+        expired.props.expiring = expired.props.entries;
+        expired.props.max_expires_at_ms = 500;
+        expired.props.min_timestamp = hlc_from_physical_ms(100);
+        expired.props.max_timestamp = hlc_from_physical_ms(200);
         let mut older = table(2, 0, 1, ("k", "z"));
-        older.max_timestamp = hlc_from_physical_ms(5_000);
-        older.min_timestamp = hlc_from_physical_ms(50);
+        older.props.max_timestamp = hlc_from_physical_ms(5_000);
+        older.props.min_timestamp = hlc_from_physical_ms(50);
         let strategy = CompactionStrategy::time_window(window);
         let tables = vec![expired.clone(), older.clone()];
         let mut ctx = cx(&tables, &none);
@@ -463,7 +457,7 @@ mod tests {
             None,
             "table 2 may hold older data table 1 shadows"
         );
-        older.min_timestamp = hlc_from_physical_ms(300);
+        older.props.min_timestamp = hlc_from_physical_ms(300);
         let tables = vec![expired, older];
         let mut ctx = cx(&tables, &none);
         ctx.gc_horizon_ms = 600;
@@ -478,7 +472,7 @@ mod tests {
         let mut tables = Vec::new();
         for (i, ms) in [(1, 100), (2, 200), (3, 5_100)] {
             let mut t = table(i, 0, 1, ("a", "z"));
-            t.max_timestamp = hlc_from_physical_ms(ms);
+            t.props.max_timestamp = hlc_from_physical_ms(ms);
             tables.push(t);
         }
         let task = pick(&CompactionStrategy::time_window(1000), &cx(&tables, &none));

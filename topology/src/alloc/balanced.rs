@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use rand::Rng;
 
-use super::{claim, largest_gap_middle, LocalDc};
+use super::{claim, largest_gap_middle, spaced, LocalDc};
 use crate::token::{advance, span_share};
 use crate::walk::{DcRing, Rule, Start, Virtual, Walker};
 
@@ -40,11 +40,17 @@ pub(super) fn allocate<R: Rng + ?Sized>(
 ) -> Vec<u128> {
     let ring = &local.ring;
     let x = local.new_node as usize;
-    // While the DC has no more nodes than replicas, every node holds everything. Random
-    // tokens then leave no pattern that would make the same nodes share ranges over and
-    // over (evenly spaced ones would, raising what a double failure costs).
+    if ring.tokens.is_empty() {
+        return spaced(rng.gen(), vnodes, taken);
+    }
+    // While the DC has no more nodes than replicas, every node holds everything: only
+    // spreading the tokens matters, for the nodes that come later. Evenly spaced tokens
+    // give them a regular ring to split (random ones leave irregular ranges that later
+    // nodes cannot balance with few vnodes), at the price of a repeating pattern in which
+    // the same pairs of nodes share ranges (see QuorumLoss).
     if x < rf {
-        return super::random(vnodes, taken, rng);
+        let offset = largest_gap_middle(ring).expect("ring has tokens");
+        return spaced(offset, vnodes, taken);
     }
     let racks_before = ring.racks[..x].iter().collect::<BTreeSet<_>>().len();
     let opens_rack = !ring.racks[..x].contains(&ring.racks[x]);
@@ -113,6 +119,8 @@ struct Balancer<'a> {
     owned: Vec<f64>,
     /// Fair effective ownership per node.
     fair: Vec<f64>,
+    /// Vnodes per node.
+    weights: Vec<f64>,
     /// What the next token should add to the new node.
     quota: f64,
     taken: &'a mut HashSet<u128>,
@@ -136,6 +144,7 @@ impl<'a> Balancer<'a> {
         let mut b = Balancer {
             owned: vec![0.0; weights.len()],
             fair: fair_shares(&ring, rule, &weights),
+            weights,
             ring,
             rule,
             x: new_node,
@@ -308,8 +317,14 @@ impl<'a> Balancer<'a> {
     fn term(&self, node: u32) -> (f64, f64, f64) {
         let owned = self.owned[node as usize];
         if node == self.x {
-            let quota = self.quota.max(f64::MIN_POSITIVE);
-            (owned, owned + quota, QUOTA_WEIGHT / (quota * quota))
+            // Relative to the fair share per vnode, not to the quota, which reaches zero
+            // once the node has all it should.
+            let per_vnode = self.fair[node as usize] / self.weights[node as usize];
+            (
+                owned,
+                owned + self.quota,
+                QUOTA_WEIGHT / (per_vnode * per_vnode),
+            )
         } else {
             let fair = self.fair[node as usize];
             (owned, fair, 1.0 / (fair * fair))

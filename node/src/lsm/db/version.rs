@@ -177,20 +177,11 @@ fn sort_levels(levels: &mut [Vec<Arc<Table>>]) {
 
 pub fn table_info(level: u32, t: &Table) -> TableInfo {
     let meta = t.meta();
-    let p = &meta.props;
     TableInfo {
         file_number: meta.file_number,
         level,
         file_bytes: meta.file_bytes,
-        min_key: p.min_key.clone(),
-        max_key: p.max_key.clone(),
-        min_timestamp: p.min_timestamp,
-        max_timestamp: p.max_timestamp,
-        entries: p.entries,
-        tombstones: p.tombstones,
-        expiring: p.expiring,
-        max_expires_at_ms: p.max_expires_at_ms,
-        created_ms: p.created_ms,
+        props: meta.props.clone(),
     }
 }
 
