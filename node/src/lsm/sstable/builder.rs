@@ -10,7 +10,8 @@ use zstd::bulk::Compressor;
 use super::block::BlockBuilder;
 use super::bloom::BloomBuilder;
 use super::footer::{
-    block_checksum, BlockHandle, Footer, BLOCK_TYPE_RAW, BLOCK_TYPE_ZSTD, FOOTER_BYTES,
+    block_checksum, BlockHandle, Footer, BLOCK_TYPE_LZ4, BLOCK_TYPE_RAW, BLOCK_TYPE_ZSTD,
+    FOOTER_BYTES,
 };
 use super::{table_path, table_temp_path, Properties, TableMeta, TableOptions};
 use crate::lsm::cell::Cell;
@@ -54,8 +55,9 @@ impl TableBuilder {
             .open(&path)
             .at(&path)?;
         let compressor = match opts.compression {
-            Compression::None => None,
-            Compression::Zstd { level } => Some(Compressor::new(level).at(&path)?),
+            Compression::None => Codec::None,
+            Compression::Zstd { level } => Codec::Zstd(Box::new(Compressor::new(level).at(&path)?)),
+            Compression::Lz4 => Codec::Lz4,
         };
         Ok(TableBuilder {
             dir: dir.to_path_buf(),
@@ -193,17 +195,22 @@ struct BlockWriter {
     out: BufWriter<File>,
     path: PathBuf,
     offset: u64,
-    compressor: Option<Compressor<'static>>,
+    compressor: Codec,
     scratch: Vec<u8>,
+}
+
+enum Codec {
+    None,
+    Zstd(Box<Compressor<'static>>),
+    Lz4,
 }
 
 impl BlockWriter {
     fn write(&mut self, raw: &[u8], compress: bool) -> Result<BlockHandle> {
-        let compressed = compress && self.compress(raw);
-        let (payload, block_type) = if compressed {
-            (self.scratch.as_slice(), BLOCK_TYPE_ZSTD)
-        } else {
-            (raw, BLOCK_TYPE_RAW)
+        let compressed = if compress { self.compress(raw) } else { None };
+        let (payload, block_type) = match compressed {
+            Some(block_type) => (self.scratch.as_slice(), block_type),
+            None => (raw, BLOCK_TYPE_RAW),
         };
         let handle = BlockHandle {
             offset: self.offset,
@@ -219,27 +226,36 @@ impl BlockWriter {
         Ok(handle)
     }
 
-    /// Compresses `raw` into `scratch` as varint raw length + zstd frame; `false` if it is not
-    /// worth it, so the block is stored raw.
-    fn compress(&mut self, raw: &[u8]) -> bool {
-        let Some(c) = self.compressor.as_mut() else {
-            return false;
-        };
+    /// Compresses `raw` into `scratch` as varint raw length + zstd frame or LZ4 block, and
+    /// returns the block type; `None` if it is not worth it, so the block is stored raw.
+    fn compress(&mut self, raw: &[u8]) -> Option<u8> {
         self.scratch.clear();
         put_varint(&mut self.scratch, raw.len() as u64);
         let prefix = self.scratch.len();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        let mut cursor = Cursor::new(&mut self.scratch);
-        cursor.set_position(prefix as u64);
-        // A failed compression only costs space: the block is stored raw.
-        let Ok(n) = c.compress_to_buffer(raw, &mut cursor) else {
-            return false;
+        let block_type = match &mut self.compressor {
+            Codec::None => return None,
+            Codec::Zstd(c) => {
+                self.scratch
+                    .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                let mut cursor = Cursor::new(&mut self.scratch);
+                cursor.set_position(prefix as u64);
+                // A failed compression only costs space: the block is stored raw.
+                c.compress_to_buffer(raw, &mut cursor).ok()?;
+                BLOCK_TYPE_ZSTD
+            }
+            Codec::Lz4 => {
+                self.scratch.resize(
+                    prefix + lz4_flex::block::get_maximum_output_size(raw.len()),
+                    0,
+                );
+                let n = lz4_flex::block::compress_into(raw, &mut self.scratch[prefix..]).ok()?;
+                self.scratch.truncate(prefix + n);
+                BLOCK_TYPE_LZ4
+            }
         };
         // Decompressing costs read time; below this saving it is not worth paying.
         let saving_min = raw.len() / 8;
-        debug_assert_eq!(self.scratch.len(), prefix + n);
-        self.scratch.len() + saving_min.max(1) <= raw.len()
+        (self.scratch.len() + saving_min.max(1) <= raw.len()).then_some(block_type)
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {

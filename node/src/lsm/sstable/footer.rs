@@ -16,6 +16,7 @@ const FOOTER_CHECKED_BYTES: usize = 3 * HANDLE_BYTES + 4;
 pub(crate) const BLOCK_TRAILER_BYTES: usize = 1 + 8;
 pub(crate) const BLOCK_TYPE_RAW: u8 = 0;
 pub(crate) const BLOCK_TYPE_ZSTD: u8 = 1;
+pub(crate) const BLOCK_TYPE_LZ4: u8 = 2;
 
 /// Where a stored block's payload lives; its trailer follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

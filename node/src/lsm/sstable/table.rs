@@ -13,7 +13,8 @@ use zstd::bulk::Decompressor;
 use super::block::{Block, BlockCursor, BlockError};
 use super::bloom::Bloom;
 use super::footer::{
-    BlockHandle, Footer, BLOCK_TRAILER_BYTES, BLOCK_TYPE_RAW, BLOCK_TYPE_ZSTD, FOOTER_BYTES,
+    BlockHandle, Footer, BLOCK_TRAILER_BYTES, BLOCK_TYPE_LZ4, BLOCK_TYPE_RAW, BLOCK_TYPE_ZSTD,
+    FOOTER_BYTES,
 };
 use super::iter::TableIter;
 use super::{table_path, Properties, TableMeta};
@@ -241,7 +242,7 @@ impl TableFile {
                 buf.truncate(size);
                 Ok(Bytes::from(buf))
             }
-            BLOCK_TYPE_ZSTD => decompress(&buf[..size])
+            BLOCK_TYPE_ZSTD | BLOCK_TYPE_LZ4 => decompress(&buf[..size], block_type)
                 .map(Bytes::from)
                 .map_err(|r| self.corruption(handle.offset, format!("{what} block: {r}"))),
             t => Err(self.corruption(handle.offset, format!("{what} block has unknown type {t}"))),
@@ -249,12 +250,32 @@ impl TableFile {
     }
 }
 
-/// Undoes the builder's varint raw length + zstd frame.
-fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
+/// Undoes the builder's varint raw length + zstd frame or LZ4 block.
+fn decompress(payload: &[u8], block_type: u8) -> Result<Vec<u8>, String> {
     let (raw_len, used) = get_varint(payload).ok_or("compressed length truncated")?;
     if raw_len > RAW_BLOCK_BYTES_MAX {
         return Err(format!("claims {raw_len} bytes decompressed"));
     }
+    let body = &payload[used..];
+    let out = if block_type == BLOCK_TYPE_LZ4 {
+        let mut out = vec![0u8; raw_len as usize];
+        let n =
+            lz4_flex::block::decompress_into(body, &mut out).map_err(|e| format!("lz4: {e}"))?;
+        out.truncate(n);
+        out
+    } else {
+        zstd_decompress(body, raw_len)?
+    };
+    if out.len() as u64 != raw_len {
+        return Err(format!(
+            "decompressed to {} bytes, expected {raw_len}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+fn zstd_decompress(body: &[u8], raw_len: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(raw_len as usize);
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -262,15 +283,9 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, String> {
             Some(d) => d,
             None => slot.insert(Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
         };
-        d.decompress_to_buffer(&payload[used..], &mut out)
+        d.decompress_to_buffer(body, &mut out)
             .map_err(|e| format!("zstd: {e}"))
     })?;
-    if out.len() as u64 != raw_len {
-        return Err(format!(
-            "decompressed to {} bytes, expected {raw_len}",
-            out.len()
-        ));
-    }
     Ok(out)
 }
 

@@ -20,14 +20,13 @@ fn cache() -> Arc<BlockCache> {
     Arc::new(BlockCache::new(CACHE_BYTES))
 }
 
-fn opts(block_bytes: usize, compressed: bool) -> TableOptions {
+const ZSTD: Compression = Compression::Zstd { level: 1 };
+const CODECS: [Compression; 3] = [Compression::None, ZSTD, Compression::Lz4];
+
+fn opts(block_bytes: usize, compression: Compression) -> TableOptions {
     TableOptions {
         block_bytes,
-        compression: if compressed {
-            Compression::Zstd { level: 1 }
-        } else {
-            Compression::None
-        },
+        compression,
         bloom_bits_per_key: 10,
     }
 }
@@ -97,7 +96,7 @@ fn arb_model() -> impl Strategy<Value = Model> {
 }
 
 fn arb_options() -> impl Strategy<Value = TableOptions> {
-    (4 * KIB..=64 * KIB, any::<bool>()).prop_map(|(block_bytes, zstd)| opts(block_bytes, zstd))
+    (4 * KIB..=64 * KIB, 0..CODECS.len()).prop_map(|(block_bytes, c)| opts(block_bytes, CODECS[c]))
 }
 
 proptest! {
@@ -139,12 +138,12 @@ proptest! {
     #[test]
     fn prop_a_flipped_byte_never_yields_wrong_data(
         model in proptest::collection::btree_map(arb_key(), arb_cell(), 1..60),
-        zstd in any::<bool>(),
+        codec in 0..CODECS.len(),
         position in any::<prop::sample::Index>(),
         mask in 1u8..=255,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), &model, &opts(4 * KIB, zstd));
+        write(dir.path(), &model, &opts(4 * KIB, CODECS[codec]));
         let path = table_path(dir.path(), FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         let at = position.index(bytes.len());
@@ -189,9 +188,9 @@ fn flipping_any_byte_of_a_small_table_is_detected() {
             (format!("key{i:03}").into_bytes(), cell)
         })
         .collect();
-    for zstd in [false, true] {
+    for compression in CODECS {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), &model, &opts(4 * KIB, zstd));
+        write(dir.path(), &model, &opts(4 * KIB, compression));
         let path = table_path(dir.path(), FILE);
         let good = std::fs::read(&path).unwrap();
         for at in 0..good.len() {
@@ -210,7 +209,7 @@ fn truncated_file_is_a_corruption_naming_the_file() {
     let model: Model = (0..500u32)
         .map(|i| (i.to_be_bytes().to_vec(), Cell::value(1, vec![7u8; 40])))
         .collect();
-    write(dir.path(), &model, &opts(4 * KIB, false));
+    write(dir.path(), &model, &opts(4 * KIB, Compression::None));
     let path = table_path(dir.path(), FILE);
     let full = std::fs::read(&path).unwrap();
     for len in [
@@ -232,7 +231,7 @@ fn truncated_file_is_a_corruption_naming_the_file() {
 #[test]
 fn keys_out_of_order_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = TableBuilder::create(dir.path(), FILE, 0, 0, &opts(4 * KIB, true)).unwrap();
+    let mut b = TableBuilder::create(dir.path(), FILE, 0, 0, &opts(4 * KIB, ZSTD)).unwrap();
     b.add(b"b", &Cell::value(1, "x")).unwrap();
     assert!(matches!(
         b.add(b"a", &Cell::value(1, "x")),
@@ -257,7 +256,7 @@ fn only_a_finished_table_appears_under_its_name() {
         v.sort();
         v
     };
-    let o = opts(4 * KIB, true);
+    let o = opts(4 * KIB, ZSTD);
     let b = TableBuilder::create(dir.path(), 42, 0, 0, &o).unwrap();
     assert_eq!(names(), ["000042.sst.tmp"]);
     b.abandon().unwrap();
@@ -280,7 +279,7 @@ fn only_a_finished_table_appears_under_its_name() {
 #[test]
 fn empty_table_holds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &Model::new(), &opts(4 * KIB, true));
+    write(dir.path(), &Model::new(), &opts(4 * KIB, ZSTD));
     let table = Table::open(dir.path(), FILE, cache()).unwrap();
     assert_eq!(table.meta().props, expected_props(&Model::new()));
     assert!(!table.may_contain(b""));
@@ -296,7 +295,7 @@ fn lookups_fill_the_cache_and_compaction_scans_do_not() {
     let model: Model = (0..2_000u32)
         .map(|i| (i.to_be_bytes().to_vec(), Cell::value(1, vec![i as u8; 30])))
         .collect();
-    write(dir.path(), &model, &opts(4 * KIB, true));
+    write(dir.path(), &model, &opts(4 * KIB, ZSTD));
     let cache = cache();
     let table = Table::open(dir.path(), FILE, Arc::clone(&cache)).unwrap();
     assert_eq!(table.iter(false).count(), model.len());
@@ -318,12 +317,13 @@ fn compression_shrinks_compressible_tables() {
             )
         })
         .collect();
-    let size = |zstd| {
+    let size = |compression| {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), &model, &opts(16 * KIB, zstd)).file_bytes
+        write(dir.path(), &model, &opts(16 * KIB, compression)).file_bytes
     };
-    let (raw, zstd) = (size(false), size(true));
+    let (raw, zstd, lz4) = (size(Compression::None), size(ZSTD), size(Compression::Lz4));
     assert!(zstd * 4 < raw, "zstd {zstd} bytes vs raw {raw}");
+    assert!(lz4 * 2 < raw, "lz4 {lz4} bytes vs raw {raw}");
 }
 
 #[test]
@@ -337,7 +337,7 @@ fn seeks_between_many_small_blocks_match_the_model() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &model, &opts(4 * KIB, false));
+    write(dir.path(), &model, &opts(4 * KIB, Compression::None));
     let table = Table::open(dir.path(), FILE, cache()).unwrap();
     assert!(table.block_count() > 30);
     let mut it = table.iter(true);
