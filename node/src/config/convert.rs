@@ -49,12 +49,10 @@ impl SyncConfig {
 
 impl CompressionConfig {
     pub fn compression(&self) -> Compression {
-        if self.enabled {
-            Compression::Zstd {
-                level: self.zstd_level,
-            }
-        } else {
-            Compression::None
+        match self {
+            CompressionConfig::Zstd(z) => Compression::Zstd { level: z.level },
+            CompressionConfig::Lz4 {} => Compression::Lz4,
+            CompressionConfig::None {} => Compression::None,
         }
     }
 }

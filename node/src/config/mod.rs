@@ -120,9 +120,9 @@ impl Default for Engine {
     }
 }
 
-/// When the WAL is fsynced; `policy = "always" | "periodic" | "never"`. The policies without
-/// parameters are empty struct variants: serde lets a unit variant ignore stray keys, which
-/// would accept `interval_ms` under `always` silently.
+/// When the WAL is fsynced; `policy = "always" | "periodic" | "never"`. Choices without
+/// parameters, here and in the other tagged tables, are empty struct variants: serde lets a
+/// unit variant ignore stray keys, which would accept `interval_ms` under `always` silently.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SyncConfig {
@@ -154,20 +154,32 @@ impl Default for PeriodicSync {
     }
 }
 
+/// Per-block compression; `codec = "zstd" | "lz4" | "none"`. zstd makes the smallest files;
+/// lz4 files are larger but decompress several times faster on a block cache miss.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CompressionConfig {
-    pub enabled: bool,
-    /// zstd level, -7..=22; low levels cost little CPU on the write path.
-    pub zstd_level: i32,
+#[serde(tag = "codec", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CompressionConfig {
+    Zstd(ZstdCompression),
+    Lz4 {},
+    None {},
 }
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        CompressionConfig {
-            enabled: true,
-            zstd_level: 1,
-        }
+        CompressionConfig::Zstd(ZstdCompression::default())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZstdCompression {
+    /// -7..=22; low levels cost little CPU on the write path.
+    pub level: i32,
+}
+
+impl Default for ZstdCompression {
+    fn default() -> Self {
+        ZstdCompression { level: 1 }
     }
 }
 

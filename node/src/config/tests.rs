@@ -103,6 +103,7 @@ fn effective_config_round_trips_through_toml() {
         vnodes: 1,
         engine: Engine {
             sync: SyncConfig::Never {},
+            compression: CompressionConfig::Lz4 {},
             compaction: CompactionConfig::SizeTiered(SizeTiered::default()),
             ..Engine::default()
         },
@@ -322,8 +323,8 @@ fn every_validation_error_names_its_field() {
             "positive",
         ),
         (
-            |c| c.engine.compression.zstd_level = 99,
-            "engine.compression.zstd_level",
+            |c| c.engine.compression = CompressionConfig::Zstd(ZstdCompression { level: 99 }),
+            "engine.compression.level",
             "99 is outside",
         ),
         (
@@ -581,10 +582,7 @@ fn engine_options_carry_every_setting() {
         row_cache_bytes: ByteSize(0),
         compaction_throughput_mib_per_sec: 16,
         sync: SyncConfig::Always {},
-        compression: CompressionConfig {
-            enabled: true,
-            zstd_level: 3,
-        },
+        compression: CompressionConfig::Zstd(ZstdCompression { level: 3 }),
         compaction: CompactionConfig::TimeWindow(TimeWindow {
             window_ms: 3_600_000,
             min_threshold: 6,
@@ -622,11 +620,8 @@ fn engine_variants_convert() {
         writes: 7,
     };
     assert_eq!(periodic.policy(), expected);
-    let off = CompressionConfig {
-        enabled: false,
-        zstd_level: 9,
-    };
-    assert_eq!(off.compression(), Compression::None);
+    assert_eq!(CompressionConfig::None {}.compression(), Compression::None);
+    assert_eq!(CompressionConfig::Lz4 {}.compression(), Compression::Lz4);
     let leveled = CompactionConfig::Leveled(Leveled {
         l0_trigger_files: 8,
         l1_bytes: ByteSize::mib(100),

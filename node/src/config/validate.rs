@@ -174,7 +174,7 @@ impl NodeConfig {
 /// The engine names its options after `lsm::Options` fields; most match this file's.
 fn engine_field(name: &str) -> String {
     match name {
-        "compression" => "engine.compression.zstd_level".into(),
+        "compression" => "engine.compression.level".into(),
         other => format!("engine.{other}"),
     }
 }
