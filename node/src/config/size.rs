@@ -32,7 +32,7 @@ impl ByteSize {
         ByteSize(n << 30)
     }
 
-    /// Saturates on 32-bit targets, where validation then refuses the oversized setting.
+    /// Saturates on 32-bit targets: a size that does not fit must not wrap to a small one.
     pub fn as_usize(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }
