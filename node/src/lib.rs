@@ -1,7 +1,9 @@
 //! The storage node: the embedded LSM engine ([`lsm`]), the layout of cluster keys inside it
-//! ([`storage_key`]), and the pure decisions of coordination and membership ([`cluster`]);
-//! the networked node that drives them joins in a later issue.
+//! ([`storage_key`]), the pure decisions of coordination and membership ([`cluster`]), and
+//! kv-node's layered configuration ([`config`]); the networked node that drives them joins in a
+//! later issue.
 
 pub mod cluster;
+pub mod config;
 pub mod lsm;
 pub mod storage_key;

@@ -58,7 +58,8 @@ fn crash_child_writer() {
 }
 
 /// Runs the writer from `start` until it has acknowledged `kill_after` writes, then kills it.
-/// Returns the highest acknowledged key.
+/// Returns the highest key the writer acknowledged before it died (the pipe is drained after
+/// the kill: the writer may have gone on acknowledging while this side stopped reading).
 fn run_and_kill(dir: &Path, start: u64, kill_after: u64) -> Option<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -77,11 +78,10 @@ fn run_and_kill(dir: &Path, start: u64, kill_after: u64) -> Option<u64> {
     let deadline = Instant::now() + ROUND_DEADLINE;
     let mut acked = None;
     let mut count = 0;
-    let reader = BufReader::new(child.stdout.take().unwrap());
-    for line in reader.lines() {
-        let line = line.unwrap();
-        if let Some(i) = line.strip_prefix("ack ") {
-            acked = Some(i.parse::<u64>().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if let Some(i) = parse_ack(&line.unwrap()) {
+            acked = Some(i);
             count += 1;
         }
         if count >= kill_after || Instant::now() > deadline {
@@ -94,7 +94,14 @@ fn run_and_kill(dir: &Path, start: u64, kill_after: u64) -> Option<u64> {
         count >= kill_after,
         "writer stopped early ({status}) after {count} acks"
     );
+    for line in lines {
+        acked = parse_ack(&line.unwrap()).or(acked);
+    }
     acked
+}
+
+fn parse_ack(line: &str) -> Option<u64> {
+    line.strip_prefix("ack ").map(|i| i.parse().unwrap())
 }
 
 fn verify(dir: &Path, acked: u64) {

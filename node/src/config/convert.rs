@@ -1,0 +1,81 @@
+//! What the node builds from a configuration: engine options, failure detector settings.
+
+use super::{CompactionConfig, CompressionConfig, NodeConfig, SyncConfig};
+use crate::cluster::PhiConfig;
+use crate::lsm::{CompactionStrategy, Compression, Options, SyncPolicy};
+
+const MIB: u64 = 1 << 20;
+
+impl NodeConfig {
+    /// The engine's options: this configuration's settings over the engine's defaults.
+    pub fn engine_options(&self) -> Options {
+        let e = &self.engine;
+        Options {
+            sync: e.sync.policy(),
+            memtable_bytes: e.memtable_bytes.as_usize(),
+            block_bytes: e.block_bytes.as_usize(),
+            compression: e.compression.compression(),
+            block_cache_bytes: e.block_cache_bytes.as_usize(),
+            row_cache_bytes: e.row_cache_bytes.as_usize(),
+            compaction: e.compaction.strategy(),
+            compaction_bytes_per_sec: e.compaction_throughput_mib_per_sec.saturating_mul(MIB),
+            ..Options::default()
+        }
+    }
+
+    /// The detector expects a heartbeat per gossip round, so a new peer is judged against the
+    /// configured rhythm rather than the default one.
+    pub fn phi_config(&self) -> PhiConfig {
+        PhiConfig {
+            threshold: self.gossip.phi_threshold,
+            first_heartbeat_estimate_ms: self.gossip.interval_ms,
+            ..PhiConfig::default()
+        }
+    }
+}
+
+impl SyncConfig {
+    pub fn policy(&self) -> SyncPolicy {
+        match self {
+            SyncConfig::Always {} => SyncPolicy::Always,
+            SyncConfig::Periodic(p) => SyncPolicy::Periodic {
+                interval_ms: p.interval_ms,
+                writes: p.writes,
+            },
+            SyncConfig::Never {} => SyncPolicy::Never,
+        }
+    }
+}
+
+impl CompressionConfig {
+    pub fn compression(&self) -> Compression {
+        match self {
+            CompressionConfig::Zstd(z) => Compression::Zstd { level: z.level },
+            CompressionConfig::Lz4 {} => Compression::Lz4,
+            CompressionConfig::None {} => Compression::None,
+        }
+    }
+}
+
+impl CompactionConfig {
+    pub fn strategy(&self) -> CompactionStrategy {
+        match self {
+            CompactionConfig::Leveled(l) => CompactionStrategy::Leveled {
+                l0_trigger_files: l.l0_trigger_files,
+                l1_bytes: l.l1_bytes.0,
+                level_multiplier: l.level_multiplier,
+                table_bytes_target: l.table_bytes_target.0,
+            },
+            CompactionConfig::SizeTiered(s) => CompactionStrategy::SizeTiered {
+                min_threshold: s.min_threshold,
+                max_threshold: s.max_threshold,
+                bucket_low: s.bucket_low,
+                bucket_high: s.bucket_high,
+            },
+            CompactionConfig::TimeWindow(t) => CompactionStrategy::TimeWindow {
+                window_ms: t.window_ms,
+                min_threshold: t.min_threshold,
+            },
+        }
+    }
+}

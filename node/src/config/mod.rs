@@ -1,0 +1,319 @@
+//! kv-node configuration: defaults, then a TOML file, then `KV_NODE_*` environment variables,
+//! then command-line flags; validated as a whole before the node starts, so bad config is
+//! refused with the path of the field at fault. Field reference: docs/configuration.md.
+
+mod convert;
+mod error;
+mod layers;
+mod size;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use topology::Token;
+
+pub use error::ConfigError;
+pub use layers::{env_vars, NodeArgs, CONFIG_ENV_VAR};
+pub use size::{ByteSize, ParseByteSizeError};
+
+/// Everything a kv-node needs to start. Sections mirror the TOML tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub dc: String,
+    pub rack: String,
+    /// Internode addresses (`host:port`) of nodes to learn the cluster from. Kept as strings:
+    /// DNS names are resolved on every gossip round, so a replaced seed is found again.
+    pub seeds: Vec<String>,
+    pub vnodes: usize,
+    /// Exactly `vnodes` tokens, to place the node by hand; otherwise the node allocates them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_tokens: Option<Vec<Token>>,
+    pub listen: Listen,
+    pub engine: Engine,
+    pub coordinator: Coordinator,
+    pub hints: Hints,
+    pub gossip: Gossip,
+    /// Simulated one-way delay added to internode messages sent to each named remote DC
+    /// (`kvctl demo --wan-latency`), so that LOCAL_ and EACH_ levels feel different on loopback.
+    pub wan_latency_ms: BTreeMap<String, u64>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: "node1".into(),
+            data_dir: "data".into(),
+            dc: "dc1".into(),
+            rack: "r1".into(),
+            seeds: Vec::new(),
+            vnodes: topology::DEFAULT_VNODES,
+            initial_tokens: None,
+            listen: Listen::default(),
+            engine: Engine::default(),
+            coordinator: Coordinator::default(),
+            hints: Hints::default(),
+            gossip: Gossip::default(),
+            wan_latency_ms: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the node accepts connections. Loopback by default, so an unconfigured node is not
+/// reachable from the network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// Client gRPC (SDK, kvctl, dc-router).
+    pub client: SocketAddr,
+    /// Internode gRPC (replica traffic, hints, gossip); what peers list as seeds.
+    pub internode: SocketAddr,
+    /// Metrics and health over HTTP.
+    pub http: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            client: ([127, 0, 0, 1], 9042).into(),
+            internode: ([127, 0, 0, 1], 7000).into(),
+            http: ([127, 0, 0, 1], 7080).into(),
+        }
+    }
+}
+
+/// The storage engine's settings that operators tune; the rest keep the engine's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Engine {
+    pub memtable_bytes: ByteSize,
+    pub block_bytes: ByteSize,
+    pub block_cache_bytes: ByteSize,
+    pub row_cache_bytes: ByteSize,
+    /// 0 leaves compaction unthrottled.
+    pub compaction_throughput_mib_per_sec: u64,
+    pub sync: SyncConfig,
+    pub compression: CompressionConfig,
+    pub compaction: CompactionConfig,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            memtable_bytes: ByteSize::mib(64),
+            block_bytes: ByteSize::kib(16),
+            block_cache_bytes: ByteSize::mib(64),
+            row_cache_bytes: ByteSize::mib(8),
+            compaction_throughput_mib_per_sec: 0,
+            sync: SyncConfig::default(),
+            compression: CompressionConfig::default(),
+            compaction: CompactionConfig::default(),
+        }
+    }
+}
+
+/// When the WAL is fsynced; `policy = "always" | "periodic" | "never"`. Choices without
+/// parameters, here and in the other tagged tables, are empty struct variants: serde lets a
+/// unit variant ignore stray keys, which would accept `interval_ms` under `always` silently.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SyncConfig {
+    Always {},
+    Periodic(PeriodicSync),
+    Never {},
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig::Periodic(PeriodicSync::default())
+    }
+}
+
+/// Sync every `interval_ms` or every `writes` writes, whichever comes first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeriodicSync {
+    pub interval_ms: u64,
+    pub writes: u64,
+}
+
+impl Default for PeriodicSync {
+    fn default() -> Self {
+        PeriodicSync {
+            interval_ms: 100,
+            writes: 1000,
+        }
+    }
+}
+
+/// Per-block compression; `codec = "zstd" | "lz4" | "none"`. zstd makes the smallest files;
+/// lz4 files are larger but decompress several times faster on a block cache miss.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "codec", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CompressionConfig {
+    Zstd(ZstdCompression),
+    Lz4 {},
+    None {},
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig::Zstd(ZstdCompression::default())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZstdCompression {
+    /// -7..=22; low levels cost little CPU on the write path.
+    pub level: i32,
+}
+
+impl Default for ZstdCompression {
+    fn default() -> Self {
+        ZstdCompression { level: 1 }
+    }
+}
+
+/// How SSTables are merged; `strategy = "leveled" | "size-tiered" | "time-window"`, each with
+/// its own parameters (a parameter of another strategy is refused, not ignored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CompactionConfig {
+    Leveled(Leveled),
+    SizeTiered(SizeTiered),
+    TimeWindow(TimeWindow),
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig::Leveled(Leveled::default())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Leveled {
+    pub l0_trigger_files: usize,
+    pub l1_bytes: ByteSize,
+    pub level_multiplier: u64,
+    pub table_bytes_target: ByteSize,
+}
+
+impl Default for Leveled {
+    fn default() -> Self {
+        Leveled {
+            l0_trigger_files: 4,
+            l1_bytes: ByteSize::mib(10),
+            level_multiplier: 10,
+            table_bytes_target: ByteSize::mib(8),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SizeTiered {
+    pub min_threshold: usize,
+    pub max_threshold: usize,
+    pub bucket_low: f64,
+    pub bucket_high: f64,
+}
+
+impl Default for SizeTiered {
+    fn default() -> Self {
+        SizeTiered {
+            min_threshold: 4,
+            max_threshold: 32,
+            bucket_low: 0.5,
+            bucket_high: 1.5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeWindow {
+    pub window_ms: u64,
+    pub min_threshold: usize,
+}
+
+impl Default for TimeWindow {
+    fn default() -> Self {
+        TimeWindow {
+            window_ms: 24 * 3600 * 1000,
+            min_threshold: 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Coordinator {
+    pub write_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    /// Ask one more replica when one is slower than its recent p99.
+    pub speculative_retry: bool,
+    /// A peer or client timestamp further ahead of local wall time is refused, so one bad
+    /// clock cannot drag every node's timestamps into the future.
+    pub hlc_max_drift_ms: u64,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Coordinator {
+            write_timeout_ms: 2_000,
+            read_timeout_ms: 5_000,
+            speculative_retry: true,
+            hlc_max_drift_ms: crate::cluster::DEFAULT_MAX_DRIFT_MS,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hints {
+    pub enabled: bool,
+    /// A target down for longer gets no more hints; repair brings it up to date instead.
+    pub window_ms: u64,
+    /// Replay bandwidth per target; 0 leaves replay unthrottled.
+    pub throttle_kib_per_sec: u64,
+    /// Hints kept for one target; past it, further writes for that target are not hinted.
+    pub bytes_max_per_target: ByteSize,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Hints {
+            enabled: true,
+            window_ms: 3 * 3600 * 1000,
+            throttle_kib_per_sec: 1024,
+            bytes_max_per_target: ByteSize::gib(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gossip {
+    pub interval_ms: u64,
+    /// Phi at or above which a peer is marked down.
+    pub phi_threshold: f64,
+}
+
+impl Default for Gossip {
+    fn default() -> Self {
+        Gossip {
+            interval_ms: 1_000,
+            phi_threshold: 8.0,
+        }
+    }
+}
