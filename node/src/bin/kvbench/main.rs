@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
 
+use clap::Parser;
+
+use engines::{Codec, Engine, EngineKind, Settings, SyncMode};
+use report::{Report, RunFacts};
+use workload::{Benchmark, LiveKeys, Workload};
+
 /// The allocator our node binaries ship with (glibc malloc's free-list upkeep showed up at ~7%
 /// of a fill profile). Peers written in C++ keep their own allocation paths.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::Parser;
-
-use engines::{Engine, EngineKind, Settings, SyncMode};
-use report::{Report, RunFacts};
-use workload::{Benchmark, LiveKeys, Workload};
 
 #[derive(Parser, Debug)]
 #[command(about = "db_bench-style benchmark for our LSM engine and its peers")]
@@ -55,6 +56,9 @@ struct Args {
     /// Block cache bytes (sled: its page cache).
     #[arg(long, default_value_t = 64 << 20)]
     cache_bytes: usize,
+    /// Block compression (fjall always uses LZ4, sled none).
+    #[arg(long, value_enum, default_value = "zstd")]
+    compression: Codec,
     /// One JSON object per benchmark instead of a table.
     #[arg(long)]
     json: bool,
@@ -104,6 +108,7 @@ fn main() -> Result<()> {
     let settings = Settings {
         sync: args.sync,
         cache_bytes: args.cache_bytes,
+        compression: args.compression,
     };
     if !args.use_existing {
         empty_dir(&dir)?;
@@ -149,6 +154,7 @@ fn run_one(
         engine: args.engine.name(),
         benchmark: bench.name(),
         sync: args.sync.name(),
+        compression: args.compression.name(),
         threads: args.threads,
         key_size: args.key_size,
         value_size: args.value_size,

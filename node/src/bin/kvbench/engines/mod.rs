@@ -61,10 +61,29 @@ impl SyncMode {
     }
 }
 
+/// Block compression asked for; engines without it say so (see docs/benchmarks.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Codec {
+    /// zstd level 1: ours and RocksDB (fjall falls back to LZ4, sled runs uncompressed).
+    Zstd,
+    /// LZ4: ours and fjall; this build's RocksDB has zstd only.
+    Lz4,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Lz4 => "lz4",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     pub sync: SyncMode,
     pub cache_bytes: usize,
+    pub compression: Codec,
 }
 
 /// Entries a scan read and their key plus value bytes.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use node::lsm::{Cell, Compression, Db, Options, SyncPolicy};
 
 use super::{
-    Engine, ScanStats, Settings, SyncMode, BLOCK_BYTES, BLOOM_BITS_PER_KEY, SYNC_INTERVAL,
+    Codec, Engine, ScanStats, Settings, SyncMode, BLOCK_BYTES, BLOOM_BITS_PER_KEY, SYNC_INTERVAL,
     WRITE_BUFFER_BYTES, ZSTD_LEVEL,
 };
 
@@ -34,7 +34,10 @@ fn options(settings: &Settings) -> Options {
         sync,
         memtable_bytes: WRITE_BUFFER_BYTES,
         block_bytes: BLOCK_BYTES,
-        compression: Compression::Zstd { level: ZSTD_LEVEL },
+        compression: match settings.compression {
+            Codec::Zstd => Compression::Zstd { level: ZSTD_LEVEL },
+            Codec::Lz4 => Compression::Lz4,
+        },
         bloom_bits_per_key: BLOOM_BITS_PER_KEY,
         block_cache_bytes: settings.cache_bytes,
         // The peers get one cache of --cache-bytes and no row cache (RocksDB's is off by

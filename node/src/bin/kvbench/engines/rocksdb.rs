@@ -3,15 +3,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use rocksdb::{
     BlockBasedOptions, Cache, DBCompressionType, Options, WaitForCompactOptions, WriteOptions, DB,
 };
 
 use super::periodic::PeriodicSync;
 use super::{
-    Engine, ScanStats, Settings, SyncMode, BLOCK_BYTES, BLOOM_BITS_PER_KEY, WRITE_BUFFER_BYTES,
-    ZSTD_LEVEL,
+    Codec, Engine, ScanStats, Settings, SyncMode, BLOCK_BYTES, BLOOM_BITS_PER_KEY,
+    WRITE_BUFFER_BYTES, ZSTD_LEVEL,
 };
 
 /// RocksDB's default zstd window (`CompressionOptions::window_bits`).
@@ -53,6 +53,11 @@ fn options(settings: &Settings) -> Options {
 
 impl Rocks {
     pub fn open(dir: &Path, settings: &Settings) -> Result<Self> {
+        // The crate is built with its zstd feature only: LZ4 would mean compiling RocksDB again.
+        ensure!(
+            settings.compression == Codec::Zstd,
+            "this kvbench's RocksDB has zstd only"
+        );
         let db = Arc::new(DB::open(&options(settings), dir)?);
         let syncer = (settings.sync == SyncMode::Periodic).then(|| {
             let db = Arc::clone(&db);
