@@ -220,11 +220,6 @@ impl Memtable {
         self.map.is_empty()
     }
 
-    /// Number of versions (not distinct keys) held.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
     /// Smallest timestamp held, `u64::MAX` when empty.
     pub fn min_timestamp(&self) -> u64 {
         self.min_timestamp.load(AtOrd::Relaxed)
