@@ -38,16 +38,26 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         .unwrap_or(0);
     let new_segment = state.next_file_number.max(max_file + 1);
     let (segments, never_created) = existing_segments(dir, &state)?;
-    let mem = Arc::new(Memtable::new(
-        segments.iter().copied().chain([new_segment]).collect(),
-    ));
-    let last_seq = replay_wal(dir, &segments, state.flushed_seq, &mem)?;
+    let replayed = Memtable::new(segments.iter().copied().chain([new_segment]).collect());
+    let last_seq = replay_wal(dir, &segments, state.flushed_seq, &replayed)?;
+    // Segments holding only flushed records would otherwise pile up, one per reopen.
+    let (mem, obsolete) = if replayed.is_empty() {
+        (Arc::new(Memtable::new(vec![new_segment])), segments)
+    } else {
+        (Arc::new(replayed), Vec::new())
+    };
     manifest.apply(&VersionEdit {
         add_wal: vec![new_segment],
-        remove_wal: never_created,
+        remove_wal: never_created
+            .into_iter()
+            .chain(obsolete.iter().copied())
+            .collect(),
         next_file_number: Some(new_segment + 1),
         ..Default::default()
     })?;
+    for id in obsolete {
+        wal::delete_segment(dir, id)?;
+    }
     let wal = Wal::create(dir, new_segment, wal_options(&opts), opts.clock.clone())?;
     let version = Version::new(mem.clone(), Vec::new(), tables);
     Ok(Inner {

@@ -416,3 +416,22 @@ fn a_crash_between_recording_and_creating_a_wal_segment_still_opens() {
     let db = Db::open(dir.path(), small_opts(clock)).unwrap();
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
 }
+
+#[test]
+fn reopening_a_flushed_database_does_not_pile_up_wal_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+    db.put(b"k", Cell::value(ts(1), "v")).unwrap();
+    db.flush().unwrap();
+    db.close().unwrap();
+    for _ in 0..3 {
+        Db::open(dir.path(), small_opts(clock.clone()))
+            .unwrap()
+            .close()
+            .unwrap();
+    }
+    assert_eq!(crate::lsm::wal::list_segments(dir.path()).unwrap().len(), 1);
+    let db = Db::open(dir.path(), small_opts(clock)).unwrap();
+    assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
+}
