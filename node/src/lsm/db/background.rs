@@ -24,23 +24,31 @@ const IDLE_TICK_MS: u64 = 1000;
 /// Entries between checks for shutdown and the I/O throttle during a compaction.
 const CHECK_EVERY_ENTRIES: u64 = 4096;
 
-pub(super) fn start(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
-    let flush = {
-        let inner = inner.clone();
+/// Starts the flush and compaction workers. If one cannot be started, those already running
+/// are told to stop and the error is returned.
+pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
+    let spawn = |name: &str, work: fn(&Inner)| {
+        let worker = inner.clone();
         std::thread::Builder::new()
-            .name("lsm-flush".into())
-            .spawn(move || flush_loop(&inner))
+            .name(name.into())
+            .spawn(move || work(&worker))
+            .map_err(|e| Error::io(&inner.dir, e))
     };
-    let compact = {
-        let inner = inner.clone();
-        std::thread::Builder::new()
-            .name("lsm-compact".into())
-            .spawn(move || compaction_loop(&inner))
-    };
-    [flush, compact]
-        .into_iter()
-        .map(|h| h.expect("spawning an LSM worker thread"))
-        .collect()
+    let mut workers = Vec::with_capacity(2);
+    for (name, work) in [
+        ("lsm-flush", flush_loop as fn(&Inner)),
+        ("lsm-compact", compaction_loop),
+    ] {
+        match spawn(name, work) {
+            Ok(handle) => workers.push(handle),
+            Err(e) => {
+                inner.bg.lock().shutdown = true;
+                inner.bg_cond.notify_all();
+                return Err(e);
+            }
+        }
+    }
+    Ok(workers)
 }
 
 fn record_failure(inner: &Inner, what: &str, e: &Error) {

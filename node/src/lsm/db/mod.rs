@@ -90,7 +90,7 @@ impl Db {
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
         let inner = Arc::new(recovery::open(dir.as_ref(), opts)?);
-        let workers = background::start(&inner);
+        let workers = background::start(&inner)?;
         inner.maybe_switch()?;
         inner.wake_background();
         Ok(Db { inner, workers })
