@@ -63,11 +63,7 @@ pub struct Manifest {
 impl Manifest {
     /// Opens (or creates) the manifest in `dir` and reads its state.
     pub fn open(dir: &Path) -> Result<(Manifest, ManifestState)> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| sled_err(dir, e))?;
+        let db = open_sled(dir)?;
         let manifest = Manifest {
             db,
             path: dir.to_path_buf(),
@@ -183,6 +179,34 @@ impl Manifest {
         let name = describe_key(key);
         Error::corruption(&self.path, 0, format!("manifest record {name}: {reason}"))
     }
+}
+
+/// How long to wait for a previous instance in this process to let go of sled's file lock.
+const SLED_LOCK_WAIT_MS: u64 = 5_000;
+const SLED_LOCK_POLL_MS: u64 = 10;
+
+/// Opens sled, waiting a bounded time for its file lock: sled's background threads release it
+/// only after a dropped instance's last I/O task ends, so a close followed at once by an open
+/// in the same process can find it still held. Another process cannot be the holder, since the
+/// database directory's own lock is already ours.
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    let config = sled::Config::new().path(dir).mode(sled::Mode::LowSpace);
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if is_lock_busy(&e)
+                    && started.elapsed().as_millis() < u128::from(SLED_LOCK_WAIT_MS) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(SLED_LOCK_POLL_MS));
+            }
+            result => return result.map_err(|e| sled_err(dir, e)),
+        }
+    }
+}
+
+fn is_lock_busy(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }
 
 fn prefixed(prefix: u8, id: u64) -> [u8; 9] {

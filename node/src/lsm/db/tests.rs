@@ -508,3 +508,21 @@ fn concurrent_writers_and_readers_through_flushes_and_compactions() {
     Arc::try_unwrap(db).ok().unwrap().close().unwrap();
     check(&Db::open(dir.path(), small_opts(clock)).unwrap());
 }
+
+/// sled releases its file lock from background threads after a close; an open right after
+/// must wait for that rather than fail.
+#[test]
+fn reopening_in_a_tight_loop_never_trips_over_the_previous_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    for i in 0..40u64 {
+        let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+        db.put(&i.to_be_bytes(), Cell::value(ts(i), "v")).unwrap();
+        if i % 8 == 0 {
+            db.flush().unwrap();
+        }
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), small_opts(clock)).unwrap();
+    assert!((0..40u64).all(|i| live(&db, &i.to_be_bytes()).is_some()));
+}
