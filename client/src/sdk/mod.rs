@@ -23,6 +23,7 @@ use tonic::{Code, Request, Response, Status};
 use topology::{token_of, TokenRange};
 
 pub use error::{ClientError, EndpointError, Result};
+pub use routing::ring_state;
 
 use self::pool::Pool;
 use self::routing::Topology;

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use topology::{Keyspace, Node, NodeId, NodeState, Ring, RingState, Token};
 
+use crate::TokenBytesError;
+
 use crate::pb::v1 as pb;
 use crate::{decode_token, TOKEN_FUNCTION};
 
@@ -39,49 +41,24 @@ pub(crate) struct Topology {
 impl Topology {
     /// `local_dc` wins over the answering node's DC when given.
     pub(crate) fn new(response: pb::DescribeRingResponse, local_dc: Option<&str>) -> Topology {
-        let mut token_aware = response.token_function == TOKEN_FUNCTION;
-        let mut nodes = Vec::with_capacity(response.nodes.len());
-        let mut ring_nodes = Vec::with_capacity(response.nodes.len());
-        for n in &response.nodes {
-            let tokens: Result<Vec<Token>, _> = n.tokens.iter().map(|t| decode_token(t)).collect();
-            let tokens = tokens.unwrap_or_else(|_| {
-                token_aware = false;
-                Vec::new()
-            });
-            let state = match pb::NodeState::try_from(n.state) {
-                Ok(pb::NodeState::Normal) => NodeState::Normal,
-                Ok(pb::NodeState::Leaving) => NodeState::Leaving,
-                Ok(pb::NodeState::Left) => NodeState::Left,
-                // Unknown states own no ranges: a request that reaches such a node as
-                // coordinator is still served, it just is not a replica.
-                _ => NodeState::Joining,
-            };
-            if !n.client_address.is_empty() {
-                nodes.push(RouteNode {
-                    address: n.client_address.clone(),
-                    dc: n.dc.clone(),
-                    up: n.liveness != pb::Liveness::Down as i32,
-                });
-            }
-            ring_nodes.push(Node {
-                id: NodeId(n.id.clone()),
+        let state = ring_state(&response);
+        let token_aware = response.token_function == TOKEN_FUNCTION && state.is_ok();
+        let nodes = response
+            .nodes
+            .iter()
+            .filter(|n| !n.client_address.is_empty())
+            .map(|n| RouteNode {
                 address: n.client_address.clone(),
                 dc: n.dc.clone(),
-                rack: n.rack.clone(),
-                state,
-                tokens,
-            });
-        }
+                up: n.liveness != pb::Liveness::Down as i32,
+            })
+            .collect();
         Topology {
             epoch: response.ring_epoch,
             local_dc: local_dc.unwrap_or(&response.local_dc).to_owned(),
             token_aware,
             nodes,
-            state: RingState {
-                epoch: response.ring_epoch,
-                keyspaces: BTreeMap::new(),
-                nodes: ring_nodes,
-            },
+            state: state.unwrap_or_default(),
             rings: Mutex::new(HashMap::new()),
         }
     }
@@ -169,6 +146,43 @@ impl Topology {
             .map(|n| n.address.clone())
             .collect()
     }
+}
+
+/// The ring a DescribeRing answer describes, without keyspaces, each node's `address` being its
+/// client address. Fails on a token that is not 16 bytes.
+pub fn ring_state(response: &pb::DescribeRingResponse) -> Result<RingState, TokenBytesError> {
+    let nodes = response
+        .nodes
+        .iter()
+        .map(|n| {
+            let tokens = n
+                .tokens
+                .iter()
+                .map(|t| decode_token(t))
+                .collect::<Result<_, _>>()?;
+            let state = match pb::NodeState::try_from(n.state) {
+                Ok(pb::NodeState::Normal) => NodeState::Normal,
+                Ok(pb::NodeState::Leaving) => NodeState::Leaving,
+                Ok(pb::NodeState::Left) => NodeState::Left,
+                // Unknown states own no ranges: such a node still coordinates requests, it just
+                // is not a replica.
+                _ => NodeState::Joining,
+            };
+            Ok(Node {
+                id: NodeId(n.id.clone()),
+                address: n.client_address.clone(),
+                dc: n.dc.clone(),
+                rack: n.rack.clone(),
+                state,
+                tokens,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(RingState {
+        epoch: response.ring_epoch,
+        keyspaces: BTreeMap::new(),
+        nodes,
+    })
 }
 
 #[cfg(test)]
