@@ -68,7 +68,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "{s:?} needs a unit: a whole number and ms, s, m, h or d, e.g. 30s"
+            ))
+        }
     };
     if n == 0 {
         return Err("a time to live must be more than zero".to_owned());
