@@ -90,7 +90,7 @@ impl Node {
     }
 
     async fn exchange(self: &Arc<Self>, addr: &str) -> Result<(), Failed> {
-        let mut client = self.peers.client(addr)?;
+        let mut client = self.peers.client(addr, None)?;
         let digests = self.members.digests();
         let ack = client
             .gossip_syn(ipb::GossipSynRequest {
@@ -159,8 +159,8 @@ impl Node {
         target: &str,
         throttle: &mut ReplayThrottle,
     ) -> Result<(), Failed> {
-        let address = (self.members.view().member(target))
-            .map(|m| m.addresses.internode.clone())
+        let (address, dc) = (self.members.view().member(target))
+            .map(|m| (m.addresses.internode.clone(), m.dc.clone()))
             .ok_or("target has no known address")?;
         loop {
             let node = self.clone();
@@ -194,7 +194,7 @@ impl Node {
                     })
                     .collect(),
             };
-            let mut client = self.peers.client(&address)?;
+            let mut client = self.peers.client(&address, Some(&dc))?;
             let applied = client.hint_deliver(request).await?.into_inner().applied as usize;
             let ids: Vec<_> = hints.iter().take(applied).map(|h| h.id).collect();
             let node = self.clone();

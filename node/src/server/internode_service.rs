@@ -11,6 +11,7 @@ use client::KvError;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::convert::{cell_to_pb, digest_from_pb, endpoint_from_pb, endpoint_to_pb};
@@ -25,6 +26,8 @@ const SCAN_LIMIT_MAX: u32 = 10_000;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let service = InternodeServer::new(InternodeService { node })
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()

@@ -25,7 +25,7 @@ pub struct Member {
 /// A consistent snapshot for one request: the ring is built from exactly these members and
 /// this schema.
 pub struct View {
-    pub ring: Option<Ring>,
+    pub ring: Option<Arc<Ring>>,
     /// Why the ring could not be built from the members, when it could not.
     pub ring_error: Option<String>,
     /// Grows whenever the members' states or tokens change (see DescribeRing).
@@ -59,6 +59,8 @@ pub struct Membership {
     state: Mutex<GossipState>,
     detector: Mutex<Detector>,
     view: RwLock<Arc<View>>,
+    /// Serialises view rebuilds, so a slower rebuild never installs an older view.
+    rebuild: Mutex<()>,
 }
 
 impl Membership {
@@ -84,6 +86,7 @@ impl Membership {
                 schema: Schema::default(),
                 members: BTreeMap::new(),
             })),
+            rebuild: Mutex::new(()),
         };
         m.rebuild_view();
         m
@@ -232,7 +235,11 @@ impl Membership {
             .collect()
     }
 
+    /// Rebuilds the view after gossip or schema changes. The ring is rebuilt only when
+    /// members' states, tokens or DCs or the schema changed: load updates arrive every few
+    /// seconds from every node and must not cost a ring build each.
     fn rebuild_view(&self) {
+        let _serial = self.rebuild.lock();
         let (members, schema) = {
             let state = self.state.lock();
             let members = (state.endpoints().iter())
@@ -243,21 +250,26 @@ impl Membership {
                 .unwrap_or_default();
             (members, schema)
         };
-        let mut current = self.view.write();
+        let current = self.view();
         let ring_changed = ring_fields(&current.members) != ring_fields(&members);
         let epoch = if ring_changed || current.epoch == 0 {
             self.hlc.now()
         } else {
             current.epoch
         };
-        let (ring, ring_error) = match build_ring(&members, &schema, epoch) {
-            Ok(ring) => (Some(ring), None),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot build the ring from gossip; keeping members without one");
-                (None, Some(e))
+        let reuse = !ring_changed && current.epoch != 0 && current.schema == schema;
+        let (ring, ring_error) = if reuse {
+            (current.ring.clone(), current.ring_error.clone())
+        } else {
+            match build_ring(&members, &schema, epoch) {
+                Ok(ring) => (Some(Arc::new(ring)), None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the ring from gossip; keeping members without one");
+                    (None, Some(e))
+                }
             }
         };
-        *current = Arc::new(View {
+        *self.view.write() = Arc::new(View {
             ring,
             ring_error,
             epoch,
@@ -300,9 +312,16 @@ fn build_ring(
     schema: &Schema,
     epoch: u64,
 ) -> Result<Ring, String> {
+    // A keyspace may name a DC no member is known in yet (a node that just restarted has
+    // heard from no one; a DC not built yet): it holds no replicas until members appear.
+    let known_dcs: std::collections::BTreeSet<&str> = (members.values())
+        .filter(|m| !m.tokens.is_empty())
+        .map(|m| m.dc.as_str())
+        .collect();
     let keyspaces = (schema.live())
         .map(|(name, def)| {
             let replication = (def.replication.iter())
+                .filter(|(dc, _)| known_dcs.contains(dc.as_str()))
                 .map(|(dc, &rf)| (dc.clone(), rf as usize))
                 .collect();
             (name.to_owned(), topology::Keyspace { replication })

@@ -194,6 +194,7 @@ impl Node {
             peers: peers::Peers::new(
                 &config.cluster_name,
                 &config.node_id,
+                &config.dc,
                 config.wan_latency_ms.clone(),
             ),
             me,

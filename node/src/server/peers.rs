@@ -8,6 +8,7 @@ use std::time::Duration;
 use client::pb::internode::v1::internode_client::InternodeClient;
 use client::pb::internode::v1::Sender;
 use dashmap::DashMap;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
 /// A peer that does not accept a connection within this long is treated as failed for the
@@ -22,15 +23,17 @@ pub type Internode = InternodeClient<Channel>;
 pub struct Peers {
     cluster: String,
     me: String,
+    dc: String,
     channels: DashMap<String, Internode>,
     wan_latency_ms: BTreeMap<String, u64>,
 }
 
 impl Peers {
-    pub fn new(cluster: &str, me: &str, wan_latency_ms: BTreeMap<String, u64>) -> Peers {
+    pub fn new(cluster: &str, me: &str, dc: &str, wan_latency_ms: BTreeMap<String, u64>) -> Peers {
         Peers {
             cluster: cluster.to_owned(),
             me: me.to_owned(),
+            dc: dc.to_owned(),
             channels: DashMap::new(),
             wan_latency_ms,
         }
@@ -44,9 +47,17 @@ impl Peers {
         })
     }
 
-    /// A client for the internode service at `address` (`host:port`).
-    pub fn client(&self, address: &str) -> Result<Internode, tonic::transport::Error> {
-        if let Some(c) = self.channels.get(address) {
+    /// A client for the internode service at `address` (`host:port`) of a node in `dc`
+    /// (`None` when unknown, e.g. a seed). Traffic to other DCs is zstd-compressed: WAN
+    /// bandwidth is dear, loopback and LAN CPU is not worth spending.
+    pub fn client(
+        &self,
+        address: &str,
+        dc: Option<&str>,
+    ) -> Result<Internode, tonic::transport::Error> {
+        let compress = dc.is_some_and(|dc| dc != self.dc);
+        let key = format!("{address}/{compress}");
+        if let Some(c) = self.channels.get(&key) {
             return Ok(c.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{address}"))?
@@ -55,13 +66,18 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let client = InternodeClient::new(channel)
+        let mut client = InternodeClient::new(channel)
             .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
+        if compress {
+            client = client
+                .send_compressed(CompressionEncoding::Zstd)
+                .accept_compressed(CompressionEncoding::Zstd);
+        }
         if self.channels.len() >= CHANNELS_MAX {
             self.channels.clear();
         }
-        self.channels.insert(address.to_owned(), client.clone());
+        self.channels.insert(key, client.clone());
         Ok(client)
     }
 

@@ -144,7 +144,7 @@ impl Node {
         request.set_timeout(remaining(deadline)?);
         let mut client = self
             .peers
-            .client(&t.address)
+            .client(&t.address, Some(&t.dc))
             .map_err(|e| ReplicaError::Failed(e.to_string()))?;
         let call = self.peers.call(&t.dc, client.replica_write(request));
         match tokio::time::timeout_at(deadline.into(), call).await {
@@ -193,7 +193,7 @@ impl Node {
         let timeout = remaining(deadline)?;
         let mut client = self
             .peers
-            .client(&t.address)
+            .client(&t.address, Some(&t.dc))
             .map_err(|e| ReplicaError::Failed(e.to_string()))?;
         let sender = self.peers.sender();
         let call = async {
@@ -254,7 +254,7 @@ impl Node {
                 timeout_ms: timeout.as_millis() as u32,
             });
             request.set_timeout(timeout);
-            let mut client = (self.peers.client(&forwarder.address))
+            let mut client = (self.peers.client(&forwarder.address, Some(&forwarder.dc)))
                 .map_err(|e| ReplicaError::Failed(e.to_string()))?;
             let delay = self.peers.wan_delay(&forwarder.dc);
             tokio::time::sleep(delay).await;
