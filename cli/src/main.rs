@@ -1,6 +1,8 @@
 //! kvctl: the operator's tool. Each group of subcommands lives in its own module and is
 //! dispatched from here.
 
+mod demo;
+mod local;
 mod output;
 mod ring;
 
@@ -19,11 +21,18 @@ struct Cli {
 enum Command {
     /// Plan and inspect the token ring
     Ring(ring::RingArgs),
+    /// Run a cluster of kv-node processes on this machine
+    Local(local::LocalArgs),
+    /// Start a 3-DC local cluster, show what consistency levels cost across DCs, and keep it
+    /// running until Ctrl-C
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Ring(args) => ring::run(args),
+        Command::Local(args) => local::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
