@@ -4,7 +4,9 @@
 mod admin;
 mod connect;
 mod data;
+mod demo;
 mod errors;
+mod local;
 mod output;
 mod ring;
 
@@ -55,6 +57,11 @@ enum Command {
     Status(admin::StatusArgs),
     /// The live ring (without a subcommand), or plan one offline (`ring plan`)
     Ring(ring::RingArgs),
+    /// Run a cluster of kv-node processes on this machine
+    Local(local::LocalArgs),
+    /// Start a 3-DC local cluster, show what consistency levels cost across DCs, and keep it
+    /// running until Ctrl-C
+    Demo(demo::DemoArgs),
 }
 
 /// How a command ended when it did not fail.
@@ -78,6 +85,8 @@ fn main() -> ExitCode {
         Command::Keyspace(command) => admin::keyspace(command, &target, format),
         Command::Inspect(args) => admin::inspect(args, &target, format),
         Command::Status(args) => admin::status(args, &target, format),
+        Command::Local(args) => local::run(args).map(|()| Outcome::Done),
+        Command::Demo(args) => demo::run(args).map(|()| Outcome::Done),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
