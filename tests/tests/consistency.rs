@@ -1,0 +1,471 @@
+//! What the cluster promises at each consistency level, checked against real kv-node processes:
+//! quorum reads see quorum writes from any node, writes survive a node down per DC and reach it
+//! later through hints, read repair fixes a stale replica, acknowledged writes survive a crash,
+//! and bad requests are refused without writing anything.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::pb::v1::key_value_client::KeyValueClient;
+use client::pb::v1::{
+    self as pb, replica_cell, ConsistencyLevel, CreateKeyspaceRequest, DescribeRingRequest,
+    GetRequest, InspectRequest, Keyspace, Liveness, PutRequest,
+};
+use client::KvError;
+use cluster_tests::Cluster;
+use tonic::transport::Channel;
+
+type Client = KeyValueClient<Channel>;
+
+const KS: &str = "app";
+
+async fn create_keyspace(c: &mut Client, replication: &[(&str, u32)]) {
+    let replication: BTreeMap<String, u32> = replication
+        .iter()
+        .map(|(d, n)| (d.to_string(), *n))
+        .collect();
+    c.create_keyspace(CreateKeyspaceRequest {
+        keyspace: Some(Keyspace {
+            name: KS.into(),
+            replication,
+            schema_version: 0,
+        }),
+        if_not_exists: false,
+    })
+    .await
+    .expect("CreateKeyspace");
+}
+
+async fn put(
+    c: &mut Client,
+    key: &str,
+    value: &str,
+    level: ConsistencyLevel,
+) -> Result<u64, KvError> {
+    let r = c
+        .put(PutRequest {
+            keyspace: KS.into(),
+            consistency: level as i32,
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            timestamp: None,
+            ttl_ms: None,
+        })
+        .await;
+    r.map(|r| r.into_inner().timestamp)
+        .map_err(|s| KvError::from_status(&s))
+}
+
+async fn get(
+    c: &mut Client,
+    key: &str,
+    level: ConsistencyLevel,
+) -> Result<Option<String>, KvError> {
+    let r = c
+        .get(GetRequest {
+            keyspace: KS.into(),
+            consistency: level as i32,
+            key: key.as_bytes().to_vec().into(),
+        })
+        .await
+        .map_err(|s| KvError::from_status(&s))?;
+    Ok(r.into_inner()
+        .value
+        .map(|v| String::from_utf8_lossy(&v.value).into_owned()))
+}
+
+/// Each replica's own value of `key` by node id; None when it holds nothing or did not answer.
+async fn replica_values(c: &mut Client, key: &str) -> BTreeMap<String, Option<String>> {
+    let r = c
+        .inspect(InspectRequest {
+            keyspace: KS.into(),
+            key: key.as_bytes().to_vec().into(),
+        })
+        .await
+        .expect("Inspect")
+        .into_inner();
+    let mut out = BTreeMap::new();
+    for dc in r.dcs {
+        for replica in dc.replicas {
+            let value = match replica.outcome {
+                Some(replica_cell::Outcome::Cell(cell)) => match cell.content {
+                    Some(pb::cell::Content::Value(v)) => {
+                        Some(String::from_utf8_lossy(&v).into_owned())
+                    }
+                    _ => Some("<tombstone>".into()),
+                },
+                _ => None,
+            };
+            out.insert(replica.node_id, value);
+        }
+    }
+    out
+}
+
+async fn liveness(c: &mut Client, node: &str) -> Option<Liveness> {
+    let ring = c
+        .describe_ring(DescribeRingRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    ring.nodes
+        .iter()
+        .find(|n| n.id == node)
+        .map(|n| n.liveness())
+}
+
+async fn wait_seen_down(cluster: &Cluster, observer: &str, nodes: &[&str]) {
+    let mut c = cluster.client(observer).await;
+    for node in nodes {
+        cluster
+            .wait_until(
+                || {
+                    let mut c = c.clone();
+                    async move { liveness(&mut c, node).await == Some(Liveness::Down) }
+                },
+                Duration::from_secs(30),
+                &format!("{observer} sees {node} down"),
+            )
+            .await;
+    }
+    let _ = &mut c;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_writes_are_read_at_quorum_from_any_node() {
+    let cluster = Cluster::up(2, 3).await;
+    let ids: Vec<String> = cluster.nodes().iter().map(|n| n.id.clone()).collect();
+    let mut clients = Vec::new();
+    for id in &ids {
+        clients.push(cluster.client(id).await);
+    }
+    create_keyspace(&mut clients[0], &[("dc1", 3), ("dc2", 3)]).await;
+
+    let n = clients.len();
+    for i in 0..30 {
+        let c = &mut clients[i % n];
+        put(
+            c,
+            &format!("k{i}"),
+            &format!("v{i}"),
+            ConsistencyLevel::Quorum,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("put k{i} at QUORUM: {e}"));
+    }
+    for (id, c) in ids.iter().zip(clients.iter_mut()) {
+        for i in 0..30 {
+            let got = get(c, &format!("k{i}"), ConsistencyLevel::Quorum).await;
+            assert_eq!(
+                got,
+                Ok(Some(format!("v{i}"))),
+                "k{i} read at QUORUM through {id}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_down_per_dc_local_and_each_quorum_succeed_all_is_unavailable_hints_arrive() {
+    let cluster = Cluster::up(2, 3).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3), ("dc2", 3)]).await;
+
+    cluster.kill("dc1-n3").await;
+    cluster.kill("dc2-n3").await;
+    wait_seen_down(&cluster, "dc1-n1", &["dc1-n3", "dc2-n3"]).await;
+
+    for i in 0..10 {
+        put(
+            &mut c,
+            &format!("lq{i}"),
+            "local",
+            ConsistencyLevel::LocalQuorum,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("LOCAL_QUORUM with one node down per DC: {e}"));
+        put(
+            &mut c,
+            &format!("eq{i}"),
+            "each",
+            ConsistencyLevel::EachQuorum,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("EACH_QUORUM with one node down per DC: {e}"));
+    }
+    let err = put(&mut c, "all", "x", ConsistencyLevel::All)
+        .await
+        .unwrap_err();
+    let KvError::Unavailable(u) = &err else {
+        panic!("ALL with two nodes down: expected UNAVAILABLE, got {err:?}")
+    };
+    assert_eq!((u.required, u.alive), (6, 4), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains('6') && message.contains('4'),
+        "names required and alive: {message}"
+    );
+    assert_eq!(
+        replica_values(&mut c, "all")
+            .await
+            .values()
+            .filter(|v| v.is_some())
+            .count(),
+        0,
+        "an UNAVAILABLE write wrote nothing"
+    );
+
+    cluster.start("dc1-n3").await;
+    cluster.start("dc2-n3").await;
+    for key in (0..10).flat_map(|i| [format!("lq{i}"), format!("eq{i}")]) {
+        cluster
+            .wait_until(
+                || {
+                    let (mut c, key) = (c.clone(), key.clone());
+                    async move {
+                        let values = replica_values(&mut c, &key).await;
+                        values.len() == 6 && values.values().all(|v| v.is_some())
+                    }
+                },
+                Duration::from_secs(30),
+                &format!("hints bring {key} to the restarted replicas"),
+            )
+            .await;
+    }
+}
+
+/// Node ids of the replicas of `key`, from Inspect.
+async fn replicas_of(c: &mut Client, key: &str) -> Vec<String> {
+    replica_values(c, key).await.into_keys().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_at_all_repairs_a_stale_replica() {
+    // Four nodes, three replicas per key: the coordinator of the second write is not a
+    // replica, and is crashed with the hint it holds, so only read repair can fix the replica
+    // that missed the write.
+    let cluster = Cluster::up(1, 4).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3)]).await;
+    let mut key = String::new();
+    let mut replicas = Vec::new();
+    for i in 0..100 {
+        key = format!("stale{i}");
+        replicas = replicas_of(&mut c, &key).await;
+        if !replicas.iter().any(|r| r == "dc1-n1") {
+            break;
+        }
+    }
+    assert!(
+        !replicas.iter().any(|r| r == "dc1-n1"),
+        "found a key dc1-n1 does not replicate"
+    );
+    put(&mut c, &key, "old", ConsistencyLevel::All)
+        .await
+        .expect("write old at ALL");
+
+    let stale = replicas[0].clone();
+    cluster.kill(&stale).await;
+    wait_seen_down(&cluster, "dc1-n1", &[&stale]).await;
+    put(&mut c, &key, "new", ConsistencyLevel::Quorum)
+        .await
+        .expect("write new at QUORUM");
+    cluster.kill("dc1-n1").await;
+    cluster.start(&stale).await;
+
+    let reader = replicas[1].clone();
+    let mut r = cluster.client(&reader).await;
+    let values = replica_values(&mut r, &key).await;
+    assert_eq!(
+        values[&stale],
+        Some("old".into()),
+        "the restarted replica missed the write"
+    );
+
+    assert_eq!(
+        get(&mut r, &key, ConsistencyLevel::All).await,
+        Ok(Some("new".into()))
+    );
+    let values = replica_values(&mut r, &key).await;
+    assert!(
+        values.values().all(|v| v.as_deref() == Some("new")),
+        "repaired: {values:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_quorum_writes_survive_a_sigkill_and_reach_the_node_by_hints() {
+    let cluster = Arc::new(Cluster::up(1, 3).await);
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3)]).await;
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let mut c = cluster
+            .client(if w == 0 { "dc1-n1" } else { "dc1-n2" })
+            .await;
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{w}-{i}");
+                if put(&mut c, &key, &key, ConsistencyLevel::Quorum)
+                    .await
+                    .is_ok()
+                {
+                    acked.lock().unwrap().push(key);
+                }
+                i += 1;
+            }
+        }));
+    }
+    let count = |n| {
+        let acked = acked.clone();
+        move || {
+            let acked = acked.clone();
+            async move { acked.lock().unwrap().len() >= n }
+        }
+    };
+    cluster
+        .wait_until(
+            count(100),
+            Duration::from_secs(30),
+            "100 acknowledged writes",
+        )
+        .await;
+    cluster.kill("dc1-n3").await;
+    cluster
+        .wait_until(
+            count(300),
+            Duration::from_secs(30),
+            "200 more writes with dc1-n3 dead",
+        )
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer task");
+    }
+    cluster.start("dc1-n3").await;
+
+    let keys = acked.lock().unwrap().clone();
+    let mut n3 = cluster.client("dc1-n3").await;
+    let last = keys.last().expect("writes were acknowledged").clone();
+    cluster
+        .wait_until(
+            || {
+                let (mut c, key) = (n3.clone(), last.clone());
+                async move {
+                    replica_values(&mut c, &key).await.get("dc1-n3") == Some(&Some(key.clone()))
+                }
+            },
+            Duration::from_secs(30),
+            "the last acknowledged write reaches dc1-n3 by hint replay",
+        )
+        .await;
+    for key in &keys {
+        assert_eq!(
+            get(&mut n3, key, ConsistencyLevel::Quorum).await,
+            Ok(Some(key.clone())),
+            "acknowledged write {key} read at QUORUM"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_by_name_and_write_nothing() {
+    let cluster = Cluster::up(1, 1).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 1)]).await;
+    let invalid_field = |r: Result<u64, KvError>| match r {
+        Err(KvError::InvalidArgument(a)) => a.field,
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    };
+    let request = |key: Vec<u8>, value: Vec<u8>, level: i32| PutRequest {
+        keyspace: KS.into(),
+        consistency: level,
+        key: key.into(),
+        value: value.into(),
+        timestamp: None,
+        ttl_ms: None,
+    };
+    let send = |r: PutRequest| {
+        let mut c = c.clone();
+        async move {
+            c.put(r)
+                .await
+                .map(|r| r.into_inner().timestamp)
+                .map_err(|s| KvError::from_status(&s))
+        }
+    };
+    let quorum = ConsistencyLevel::Quorum as i32;
+
+    let mut unknown = request(b"k".to_vec(), b"v".to_vec(), quorum);
+    unknown.keyspace = "nope".into();
+    match send(unknown).await {
+        Err(KvError::KeyspaceNotFound(k)) => assert_eq!(k.keyspace, "nope"),
+        other => panic!("unknown keyspace: {other:?}"),
+    }
+    let big_key = vec![b'k'; client::MAX_KEY_BYTES + 1];
+    assert_eq!(
+        invalid_field(send(request(big_key.clone(), b"v".to_vec(), quorum)).await),
+        "key"
+    );
+    let big_value = vec![0u8; client::MAX_VALUE_BYTES + 1];
+    assert_eq!(
+        invalid_field(send(request(b"bigv".to_vec(), big_value, quorum)).await),
+        "value"
+    );
+    assert_eq!(
+        invalid_field(send(request(b"lvl".to_vec(), b"v".to_vec(), 0)).await),
+        "consistency"
+    );
+    assert_eq!(
+        invalid_field(send(request(b"lvl".to_vec(), b"v".to_vec(), 42)).await),
+        "consistency"
+    );
+    let mut ttl0 = request(b"ttl".to_vec(), b"v".to_vec(), quorum);
+    ttl0.ttl_ms = Some(0);
+    assert_eq!(invalid_field(send(ttl0).await), "ttl_ms");
+    assert_eq!(
+        invalid_field(send(request(Vec::new(), b"v".to_vec(), quorum)).await),
+        "key"
+    );
+
+    let malformed = c
+        .batch(pb::BatchRequest {
+            keyspace: KS.into(),
+            consistency: quorum,
+            mutations: vec![
+                pb::Mutation {
+                    key: "fine".into(),
+                    op: Some(pb::mutation::Op::Value("v".into())),
+                    ttl_ms: None,
+                },
+                pb::Mutation {
+                    key: "neither".into(),
+                    op: None,
+                    ttl_ms: None,
+                },
+            ],
+            timestamp: None,
+            ttl_ms: None,
+        })
+        .await
+        .map_err(|s| KvError::from_status(&s));
+    match malformed {
+        Err(KvError::InvalidArgument(a)) => assert_eq!(a.field, "mutations[1]"),
+        other => panic!("a mutation with neither value nor delete: {other:?}"),
+    }
+
+    for key in ["bigv", "lvl", "ttl", "fine", "neither"] {
+        assert_eq!(
+            get(&mut c, key, ConsistencyLevel::One).await,
+            Ok(None),
+            "{key} was not written"
+        );
+    }
+}
