@@ -469,3 +469,40 @@ async fn bad_requests_are_refused_by_name_and_write_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_makes_an_all_write_time_out_with_the_acks_counted() {
+    let cluster = Cluster::up(1, 3).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3)]).await;
+    let pid = cluster.node("dc1-n3").pid.expect("dc1-n3 runs") as i32;
+    // SIGSTOP, like a long GC pause: the detector still believes the node alive for a few
+    // seconds, so the coordinator tries it and waits for the 2 s write timeout.
+    // SAFETY: kill(2) with a pid this test started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let result = put(&mut c, "paused", "v", ConsistencyLevel::All).await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    match result {
+        Err(KvError::Timeout(t)) => {
+            assert_eq!((t.required, t.received), (3, 2), "{t:?}");
+            assert!(t.is_write && t.write_may_have_applied, "{t:?}");
+        }
+        other => panic!("expected TIMEOUT, got {other:?}"),
+    }
+    cluster
+        .wait_until(
+            || {
+                let mut c = c.clone();
+                async move {
+                    replica_values(&mut c, "paused")
+                        .await
+                        .values()
+                        .all(|v| v.is_some())
+                }
+            },
+            Duration::from_secs(30),
+            "the resumed replica gets the timed-out write (hint or late apply)",
+        )
+        .await;
+}
