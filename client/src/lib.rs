@@ -6,10 +6,14 @@
 
 mod consistency;
 mod error;
+pub mod sdk;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod token;
 
 pub use consistency::ParseConsistencyError;
 pub use error::KvError;
+pub use sdk::{BatchOutcome, Client, ClientError, ClientOptions, Scan, WriteOptions};
 pub use token::{
     decode_token, decode_token_range, encode_token, encode_token_range, TokenBytesError,
 };

@@ -34,9 +34,6 @@ pub struct PlanArgs {
     file: Option<PathBuf>,
     #[command(flatten)]
     what_if: WhatIf,
-    /// Output format
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    output: Format,
 }
 
 #[derive(Args)]
@@ -73,7 +70,7 @@ impl From<AllocatorArg> for Allocator {
     }
 }
 
-pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+pub fn run(args: PlanArgs, format: Format) -> anyhow::Result<()> {
     let file = match &args.file {
         Some(path) => spec::read_file(path)?,
         None => PlanFile::default(),
@@ -101,7 +98,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         None => None,
     };
     let report = Report::new(&settings, &ring, change.as_ref())?;
-    match args.output {
+    match format {
         Format::Text => print!("{}", report.text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }

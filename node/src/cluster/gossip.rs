@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use topology::{NodeId, NodeState, Token};
 
+use super::schema::Schema;
+
 /// Endpoints known at most; states about further nodes are refused, so a confused or hostile
 /// peer cannot grow the map without bound.
 pub const DEFAULT_MAX_ENDPOINTS: usize = 10_000;
@@ -46,7 +48,9 @@ pub struct EndpointState {
     pub heartbeat: u64,
     pub status: Option<Versioned<NodeState>>,
     pub tokens: Option<Versioned<Vec<Token>>>,
-    pub schema_version: Option<Versioned<u64>>,
+    /// The node's whole schema: small, and gossiping it whole lets any peer catch up from any
+    /// other without a separate schema pull.
+    pub schema: Option<Versioned<Schema>>,
     pub load_bytes: Option<Versioned<u64>>,
     pub location: Option<Versioned<Location>>,
 }
@@ -66,7 +70,7 @@ impl EndpointState {
         [
             self.status.as_ref().map(|v| v.version),
             self.tokens.as_ref().map(|v| v.version),
-            self.schema_version.as_ref().map(|v| v.version),
+            self.schema.as_ref().map(|v| v.version),
             self.load_bytes.as_ref().map(|v| v.version),
             self.location.as_ref().map(|v| v.version),
         ]
@@ -85,7 +89,7 @@ impl EndpointState {
             heartbeat: self.heartbeat,
             status: newer(&self.status, version),
             tokens: newer(&self.tokens, version),
-            schema_version: newer(&self.schema_version, version),
+            schema: newer(&self.schema, version),
             load_bytes: newer(&self.load_bytes, version),
             location: newer(&self.location, version),
         }
@@ -113,7 +117,7 @@ impl EndpointState {
         let fields = [
             take(&mut self.status, other.status),
             take(&mut self.tokens, other.tokens),
-            take(&mut self.schema_version, other.schema_version),
+            take(&mut self.schema, other.schema),
             take(&mut self.load_bytes, other.load_bytes),
             take(&mut self.location, other.location),
         ];
@@ -189,7 +193,7 @@ impl GossipState {
                 value: status,
             }),
             tokens: None,
-            schema_version: None,
+            schema: None,
             load_bytes: None,
             location: Some(Versioned {
                 version: 2,
@@ -252,9 +256,9 @@ impl GossipState {
         });
     }
 
-    pub fn set_schema_version(&mut self, schema: u64) {
+    pub fn set_schema(&mut self, schema: Schema) {
         let (local, version) = self.local_mut();
-        local.schema_version = Some(Versioned {
+        local.schema = Some(Versioned {
             version,
             value: schema,
         });

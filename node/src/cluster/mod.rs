@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod phi;
 pub mod quorum;
 pub mod resolve;
+pub mod schema;
 
 pub use consistency::{
     ConsistencyError, ConsistencyLevel, Coordinator, DcReplicas, Operation,
@@ -28,3 +29,4 @@ pub use hlc::{Hlc, HlcError, DEFAULT_MAX_DRIFT_MS};
 pub use phi::{FailureDetector, PhiConfig};
 pub use quorum::{Failure, Outcome, Recorded, ResponseTracker, Timeout};
 pub use resolve::{check_digests, digest, resolve, DigestCheck, ReadResponse, Resolution};
+pub use schema::{KeyspaceDef, Schema, SchemaError};

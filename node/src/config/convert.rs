@@ -29,6 +29,7 @@ impl NodeConfig {
         PhiConfig {
             threshold: self.gossip.phi_threshold,
             first_heartbeat_estimate_ms: self.gossip.interval_ms,
+            acceptable_pause_ms: self.gossip.acceptable_pause_ms,
             ..PhiConfig::default()
         }
     }

@@ -26,6 +26,9 @@ pub use size::{ByteSize, ParseByteSizeError};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
+    /// Nodes refuse internode traffic from another cluster's nodes, so two clusters sharing
+    /// seeds or addresses never merge.
+    pub cluster_name: String,
     pub node_id: String,
     pub data_dir: PathBuf,
     pub dc: String,
@@ -50,6 +53,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
+            cluster_name: "kv".into(),
             node_id: "node1".into(),
             data_dir: "data".into(),
             dc: "dc1".into(),
@@ -307,6 +311,9 @@ pub struct Gossip {
     pub interval_ms: u64,
     /// Phi at or above which a peer is marked down.
     pub phi_threshold: f64,
+    /// Silence tolerated on top of the mean heartbeat interval before suspicion grows fast;
+    /// with 1 s rounds the default convicts a silent node after about 10.6 s.
+    pub acceptable_pause_ms: u64,
 }
 
 impl Default for Gossip {
@@ -314,6 +321,7 @@ impl Default for Gossip {
         Gossip {
             interval_ms: 1_000,
             phi_threshold: 8.0,
+            acceptable_pause_ms: 7_000,
         }
     }
 }

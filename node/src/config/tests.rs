@@ -643,10 +643,12 @@ fn phi_config_follows_gossip_settings() {
         gossip: Gossip {
             interval_ms: 200,
             phi_threshold: 12.0,
+            acceptable_pause_ms: 1_500,
         },
         ..NodeConfig::default()
     };
     let phi = config.phi_config();
     assert_eq!(phi.threshold, 12.0);
+    assert_eq!(phi.acceptable_pause_ms, 1_500);
     assert_eq!(phi.first_heartbeat_estimate_ms, 200);
 }

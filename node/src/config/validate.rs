@@ -22,6 +22,7 @@ pub(super) const HINT_WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// rhythm must stay well below that.
 const GOSSIP_INTERVAL_MS: RangeInclusive<u64> = 10..=5_000;
 const PHI_THRESHOLD: RangeInclusive<f64> = 1.0..=16.0;
+const ACCEPTABLE_PAUSE_MS_MAX: u64 = 60 * 1000;
 const WAN_LATENCY_MS_MAX: u64 = 10 * 1000;
 
 type Checked = Result<(), ConfigError>;
@@ -41,6 +42,7 @@ impl NodeConfig {
     }
 
     fn validate_identity(&self) -> Checked {
+        check_name("cluster_name", &self.cluster_name)?;
         check_name("node_id", &self.node_id)?;
         check_name("dc", &self.dc)?;
         check_name("rack", &self.rack)?;
@@ -152,7 +154,12 @@ impl NodeConfig {
     fn validate_gossip(&self) -> Checked {
         let g = &self.gossip;
         check_range("gossip.interval_ms", g.interval_ms, GOSSIP_INTERVAL_MS)?;
-        check_range("gossip.phi_threshold", g.phi_threshold, PHI_THRESHOLD)
+        check_range("gossip.phi_threshold", g.phi_threshold, PHI_THRESHOLD)?;
+        check_range(
+            "gossip.acceptable_pause_ms",
+            g.acceptable_pause_ms,
+            0..=ACCEPTABLE_PAUSE_MS_MAX,
+        )
     }
 
     fn validate_wan_latency(&self) -> Checked {

@@ -1,0 +1,120 @@
+//! Connections: a few HTTP/2 channels per node, made on first use and shared by every request
+//! to that node, so many requests are in flight on each at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::error::{ClientError, Result};
+use crate::pb::v1::key_value_client::KeyValueClient;
+use crate::MAX_MESSAGE_BYTES;
+
+/// The channels of one node and what the client believes about its reachability.
+pub(crate) struct NodeConns {
+    address: String,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    down_until: Mutex<Option<Instant>>,
+    down_for: Duration,
+}
+
+impl NodeConns {
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A stub on the next channel in turn, with the message limits every client must set.
+    pub(crate) fn client(&self) -> KeyValueClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        KeyValueClient::new(self.channels[i].clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// After a transport failure the node goes to the back of every candidate list until
+    /// `down_for` has passed; then it is tried again like any other.
+    pub(crate) fn mark_down(&self) {
+        *self.down_until.lock().expect("not poisoned") = Some(Instant::now() + self.down_for);
+    }
+
+    pub(crate) fn mark_up(&self) {
+        *self.down_until.lock().expect("not poisoned") = None;
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|until| Instant::now() < until)
+    }
+}
+
+pub(crate) struct Pool {
+    nodes: Mutex<HashMap<String, Arc<NodeConns>>>,
+    channels_per_node: usize,
+    connect_timeout: Duration,
+    down_for: Duration,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        channels_per_node: usize,
+        connect_timeout: Duration,
+        down_for: Duration,
+    ) -> Pool {
+        Pool {
+            nodes: Mutex::new(HashMap::new()),
+            channels_per_node: channels_per_node.max(1),
+            connect_timeout,
+            down_for,
+        }
+    }
+
+    /// The node at `address`, its channels created (but not yet connected) on first use.
+    pub(crate) fn node(&self, address: &str) -> Result<Arc<NodeConns>> {
+        let mut nodes = self.nodes.lock().expect("not poisoned");
+        if let Some(node) = nodes.get(address) {
+            return Ok(node.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ClientError::InvalidEndpoint {
+                address: address.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        let channels = (0..self.channels_per_node)
+            .map(|_| endpoint.connect_lazy())
+            .collect();
+        let node = Arc::new(NodeConns {
+            address: address.to_owned(),
+            channels,
+            next: AtomicUsize::new(0),
+            down_until: Mutex::new(None),
+            down_for: self.down_for,
+        });
+        nodes.insert(address.to_owned(), node.clone());
+        Ok(node)
+    }
+
+    /// Whether the client has seen `address` fail recently; unknown addresses are not down.
+    pub(crate) fn is_down(&self, address: &str) -> bool {
+        self.nodes
+            .lock()
+            .expect("not poisoned")
+            .get(address)
+            .is_some_and(|n| n.is_down())
+    }
+
+    /// Drops the channels of nodes that are neither in the ring nor seeds, so that a cluster
+    /// that replaces its nodes over months does not leave the pool growing.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.nodes
+            .lock()
+            .expect("not poisoned")
+            .retain(|address, _| keep(address));
+    }
+}

@@ -1,0 +1,65 @@
+//! kv-node: one storage node of the cluster. Configuration from a TOML file, `KV_NODE_*`
+//! environment variables and flags (docs/configuration.md); stops gracefully on SIGTERM or
+//! Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use node::config::{NodeArgs, NodeConfig};
+use node::server::Node;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "kv-node",
+    version,
+    about = "A storage node of the key-value store"
+)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Print the effective configuration as TOML and exit
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = NodeConfig::load(&cli.node, &|k| std::env::var(k).ok())?;
+    if cli.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KV_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kv-node")
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let running = Node::start(config).await?;
+    wait_for_stop_signal().await?;
+    running.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("interrupt received") }
+    }
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! Coordinating one key's write or read across its replicas at a consistency level: the
+//! async drivers around the pure plans of [`crate::cluster`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::KvError;
+use tokio::sync::{mpsc, oneshot};
+use topology::{NodeIdx, Token};
+
+use super::replica::Target;
+use super::route::Route;
+use super::Node;
+use crate::cluster::{
+    check_digests, resolve, ConsistencyLevel, DigestCheck, Outcome, ReadPlan, ReadResponse,
+    ResponseTracker, WritePlan,
+};
+use crate::lsm::{Cell, LastWriteWins, Mutation};
+
+impl Node {
+    /// The route of a user key.
+    pub fn route(&self, keyspace: &str, key: &[u8]) -> Result<Route, KvError> {
+        self.route_token(keyspace, topology::token_of(key))
+    }
+
+    pub fn route_token(&self, keyspace: &str, token: Token) -> Result<Route, KvError> {
+        Route::new(
+            self.members.view(),
+            keyspace,
+            token,
+            &self.me.0,
+            &self.config.dc,
+        )
+    }
+
+    pub fn target(&self, route: &Route, n: NodeIdx) -> Target {
+        let node = route.node(n);
+        Target {
+            id: node.id.0.clone(),
+            dc: node.dc.clone(),
+            address: node.address.clone(),
+        }
+    }
+
+    fn alive_fn<'a>(&'a self, route: &'a Route) -> impl Fn(NodeIdx) -> bool + 'a {
+        move |n| self.members.is_alive(route.id(n))
+    }
+
+    /// Writes one key at `level`. Returns once the level is met; replicas that do not
+    /// acknowledge by the deadline get hints, whatever the client was told.
+    pub async fn coordinate_write(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: Bytes,
+        cell: Cell,
+        level: ConsistencyLevel,
+    ) -> Result<(), KvError> {
+        let route = self.route(keyspace, &key)?;
+        let plan = WritePlan::new(
+            level,
+            &route.layout,
+            &route.coordinator,
+            self.alive_fn(&route),
+        )
+        .map_err(|e| route.consistency_error(e, self.alive_fn(&route)))?;
+        let muts = Arc::new(vec![Mutation {
+            key: super::storage::engine_key(&key),
+            cell,
+        }]);
+        let timeout = Duration::from_millis(self.config.coordinator.write_timeout_ms);
+        let (done_tx, done_rx) = oneshot::channel();
+        let node = self.clone();
+        let keyspace = keyspace.to_owned();
+        tokio::spawn(async move {
+            node.drive_write(
+                route,
+                plan,
+                keyspace,
+                muts,
+                Instant::now() + timeout,
+                done_tx,
+            )
+            .await
+        });
+        done_rx.await.unwrap_or_else(|_| {
+            Err(KvError::Other {
+                code: tonic::Code::Internal,
+                message: "the write's coordinator task ended without an answer".into(),
+            })
+        })
+    }
+
+    async fn drive_write(
+        self: Arc<Self>,
+        route: Route,
+        plan: WritePlan<NodeIdx>,
+        keyspace: String,
+        muts: Arc<Vec<Mutation>>,
+        deadline: Instant,
+        done: oneshot::Sender<Result<(), KvError>>,
+    ) {
+        let contacted: Vec<NodeIdx> = plan.contacted().collect();
+        let mut tracker = ResponseTracker::new(
+            plan.requirement.clone(),
+            &route.layout,
+            contacted.iter().copied(),
+            0,
+        );
+        let (tx, mut rx) = mpsc::channel::<(NodeIdx, bool)>(contacted.len().max(1));
+        self.send_writes(&route, &plan, &keyspace, &muts, deadline, &tx);
+        drop(tx);
+        let mut done = Some(done);
+        let hinted_now = self
+            .store_hints(&route, &plan.hinted, &keyspace, &muts)
+            .await;
+        if hinted_now > 0 {
+            tracker.hint_stored();
+        }
+        let mut acked = Vec::new();
+        let mut answered = 0;
+        loop {
+            if let Some(result) = settled(&tracker) {
+                if let Some(d) = done.take() {
+                    let _ = d.send(result);
+                }
+            }
+            if answered == contacted.len() {
+                break;
+            }
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(deadline.into()) => None,
+            };
+            let Some((n, ok)) = msg else { break };
+            answered += 1;
+            if ok {
+                tracker.ack(n);
+                acked.push(n);
+            } else {
+                tracker.fail(n);
+            }
+        }
+        let missed: Vec<NodeIdx> = (contacted.iter().copied())
+            .filter(|n| !acked.contains(n))
+            .collect();
+        let hinted_late = self.store_hints(&route, &missed, &keyspace, &muts).await;
+        if let Some(d) = done.take() {
+            if hinted_late > 0 {
+                tracker.hint_stored();
+            }
+            let result = match tracker.outcome() {
+                Outcome::Success => Ok(()),
+                _ => Err(route.timeout(&plan.requirement, &acked, true, true)),
+            };
+            let _ = d.send(result);
+        }
+    }
+
+    fn send_writes(
+        self: &Arc<Self>,
+        route: &Route,
+        plan: &WritePlan<NodeIdx>,
+        keyspace: &str,
+        muts: &Arc<Vec<Mutation>>,
+        deadline: Instant,
+        tx: &mpsc::Sender<(NodeIdx, bool)>,
+    ) {
+        for &n in &plan.local {
+            let (node, tx, muts, ks) =
+                (self.clone(), tx.clone(), muts.clone(), keyspace.to_owned());
+            let target = self.target(route, n);
+            tokio::spawn(async move {
+                let ok = node
+                    .write_replica(&target, &ks, muts, deadline)
+                    .await
+                    .is_ok();
+                let _ = tx.send((n, ok)).await;
+            });
+        }
+        for (_, nodes) in &plan.remote {
+            let targets: Vec<(NodeIdx, Target)> =
+                nodes.iter().map(|&n| (n, self.target(route, n))).collect();
+            let (node, tx, muts, ks) =
+                (self.clone(), tx.clone(), muts.clone(), keyspace.to_owned());
+            tokio::spawn(async move {
+                let forwarder = targets[0].1.clone();
+                let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+                let mut results = Vec::with_capacity(targets.len());
+                node.forward_write(&forwarder, &only, &ks, muts, deadline, |id, ok| {
+                    if let Some((n, _)) = targets.iter().find(|(_, t)| t.id == id) {
+                        results.push((*n, ok));
+                    }
+                })
+                .await;
+                for r in results {
+                    let _ = tx.send(r).await;
+                }
+            });
+        }
+    }
+
+    /// Stores a hint per replica that missed the write; returns how many were stored.
+    async fn store_hints(
+        self: &Arc<Self>,
+        route: &Route,
+        replicas: &[NodeIdx],
+        keyspace: &str,
+        muts: &Arc<Vec<Mutation>>,
+    ) -> usize {
+        if replicas.is_empty() || !self.config.hints.enabled {
+            return 0;
+        }
+        let targets: Vec<String> = replicas.iter().map(|&n| route.id(n).to_owned()).collect();
+        let (node, muts, ks) = (self.clone(), muts.clone(), keyspace.to_owned());
+        let now = self.clock.now_ms();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut stored = 0;
+            for target in &targets {
+                for m in muts.iter() {
+                    match node.hints.store(target, &ks, &m.key, &m.cell, now) {
+                        Ok(_) => stored += 1,
+                        Err(e) => tracing::warn!(%target, error = %e, "hint not stored"),
+                    }
+                }
+            }
+            stored
+        });
+        let stored = stored.await.unwrap_or(0);
+        self.metrics.hints_stored.add(stored as u64);
+        stored
+    }
+
+    /// Reads one key at `level`: data from the closest replica, digests from the others the
+    /// level needs, one more replica when one is slower than its p99, and on disagreement a
+    /// full read, resolution and read repair.
+    pub async fn coordinate_read(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: Bytes,
+        level: ConsistencyLevel,
+    ) -> Result<Option<Cell>, KvError> {
+        let route = self.route(keyspace, &key)?;
+        let plan = ReadPlan::new(
+            level,
+            &route.layout,
+            &route.coordinator,
+            self.alive_fn(&route),
+        )
+        .map_err(|e| route.consistency_error(e, self.alive_fn(&route)))?;
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.coordinator.read_timeout_ms);
+        let mut tracker =
+            ResponseTracker::new(plan.requirement.clone(), &route.layout, plan.contacted(), 0);
+        let cap = route.layout.replicas().count().max(1);
+        let (tx, mut rx) = mpsc::channel::<(NodeIdx, Option<ReadResponse>)>(cap);
+        self.send_read(&route, plan.data, keyspace, &key, false, deadline, &tx);
+        for &n in &plan.digests {
+            self.send_read(&route, n, keyspace, &key, true, deadline, &tx);
+        }
+        let mut spares = plan.spare.clone().into_iter();
+        let retry_after = self.latencies.retry_after(route.id(plan.data));
+        let mut retry_at = Some(Instant::now() + retry_after)
+            .filter(|_| self.config.coordinator.speculative_retry);
+        let mut responses: Vec<(NodeIdx, ReadResponse)> = Vec::new();
+        let mut acked = Vec::new();
+        loop {
+            let has_data = responses
+                .iter()
+                .any(|(_, r)| matches!(r, ReadResponse::Data(_)));
+            match tracker.outcome() {
+                Outcome::Success if has_data => break,
+                Outcome::Failed(f) => {
+                    return Err(KvError::Other {
+                        code: tonic::Code::Unavailable,
+                        message: f.to_string(),
+                    })
+                }
+                _ => {}
+            }
+            let wake = retry_at.map_or(deadline, |r| r.min(deadline));
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(wake.into()) => None,
+            };
+            match msg {
+                Some((n, Some(r))) => {
+                    tracker.ack(n);
+                    acked.push(n);
+                    responses.push((n, r));
+                }
+                Some((n, None)) => {
+                    tracker.fail(n);
+                    retry_at = Some(Instant::now());
+                }
+                None if Instant::now() >= deadline => {
+                    return Err(route.timeout(&plan.requirement, &acked, false, false));
+                }
+                None => {
+                    retry_at = None;
+                    if let Some(n) = spares.next() {
+                        self.metrics.speculative_retries.add(1);
+                        tracker.contact(n);
+                        self.send_read(&route, n, keyspace, &key, false, deadline, &tx);
+                    }
+                }
+            }
+        }
+        drop(tx);
+        self.settle_read(&route, keyspace, &key, responses, deadline)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_read(
+        self: &Arc<Self>,
+        route: &Route,
+        n: NodeIdx,
+        keyspace: &str,
+        key: &Bytes,
+        want_digest: bool,
+        deadline: Instant,
+        tx: &mpsc::Sender<(NodeIdx, Option<ReadResponse>)>,
+    ) {
+        let (node, tx, ks, key) = (self.clone(), tx.clone(), keyspace.to_owned(), key.clone());
+        let target = self.target(route, n);
+        tokio::spawn(async move {
+            let r = node
+                .read_replica(&target, &ks, &key, want_digest, deadline)
+                .await;
+            let _ = tx.send((n, r.ok())).await;
+        });
+    }
+
+    /// Compares digests with the data response; on a mismatch fetches full data from the
+    /// disagreeing replicas, resolves, and repairs.
+    async fn settle_read(
+        self: &Arc<Self>,
+        route: &Route,
+        keyspace: &str,
+        key: &Bytes,
+        responses: Vec<(NodeIdx, ReadResponse)>,
+        deadline: Instant,
+    ) -> Result<Option<Cell>, KvError> {
+        let mut data: Vec<(NodeIdx, Option<Cell>)> = Vec::new();
+        let mut digests: Vec<(NodeIdx, u64)> = Vec::new();
+        for (n, r) in responses {
+            match r {
+                ReadResponse::Data(c) => data.push((n, c)),
+                ReadResponse::Digest(d) => digests.push((n, d)),
+            }
+        }
+        for (n, c) in data.iter().skip(1) {
+            digests.push((*n, crate::cluster::digest(c.as_ref())));
+        }
+        let first = data[0].1.clone();
+        let mismatched = match check_digests(first.as_ref(), &digests) {
+            DigestCheck::Agree => return Ok(first),
+            DigestCheck::Disagree { mismatched, .. } => mismatched,
+        };
+        self.metrics.read_repairs.add(1);
+        let mut full = vec![data[0].clone()];
+        full.extend(
+            data.iter()
+                .skip(1)
+                .filter(|(n, _)| mismatched.contains(n))
+                .cloned(),
+        );
+        let fetch = mismatched
+            .iter()
+            .filter(|n| !full.iter().any(|(m, _)| m == *n));
+        for &n in fetch.collect::<Vec<_>>() {
+            let target = self.target(route, n);
+            match self
+                .read_replica(&target, keyspace, key, false, deadline)
+                .await
+            {
+                Ok(ReadResponse::Data(c)) => full.push((n, c)),
+                // Resolved without it: the replicas that did answer still met the level.
+                _ => tracing::debug!(replica = %target.id, "no full data for read repair"),
+            }
+        }
+        let resolution = resolve(&full, &LastWriteWins);
+        let Some(winner) = resolution.winner.clone() else {
+            return Ok(None);
+        };
+        self.repair(route, keyspace, key, &winner, &resolution.repairs, deadline)
+            .await;
+        Ok(Some(winner))
+    }
+
+    /// Sends the winner to the stale replicas the read counted and waits for them (so a
+    /// following read at the same level sees it), then to every other live replica in the
+    /// background.
+    async fn repair(
+        self: &Arc<Self>,
+        route: &Route,
+        keyspace: &str,
+        key: &Bytes,
+        winner: &Cell,
+        stale: &[NodeIdx],
+        deadline: Instant,
+    ) {
+        let muts = Arc::new(vec![Mutation {
+            key: super::storage::engine_key(key),
+            cell: winner.clone(),
+        }]);
+        let blocking = stale.iter().map(|&n| {
+            let target = self.target(route, n);
+            let muts = muts.clone();
+            async move { self.write_replica(&target, keyspace, muts, deadline).await }
+        });
+        futures_util::future::join_all(blocking).await;
+        let asked: HashSet<NodeIdx> = stale.iter().copied().collect();
+        let rest: Vec<Target> = (route.layout.replicas())
+            .filter(|n| !asked.contains(n) && self.members.is_alive(route.id(*n)))
+            .map(|n| self.target(route, n))
+            .collect();
+        let (node, ks) = (self.clone(), keyspace.to_owned());
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.coordinator.write_timeout_ms);
+        tokio::spawn(async move {
+            for t in rest {
+                let _ = node.write_replica(&t, &ks, muts.clone(), deadline).await;
+            }
+        });
+    }
+}
+
+/// The client's answer once the tracker has one.
+fn settled(tracker: &ResponseTracker<NodeIdx>) -> Option<Result<(), KvError>> {
+    match tracker.outcome() {
+        Outcome::Pending => None,
+        Outcome::Success => Some(Ok(())),
+        Outcome::Failed(f) => Some(Err(KvError::Other {
+            code: tonic::Code::Aborted,
+            message: format!("{f}; the write may have been applied on some replicas"),
+        })),
+    }
+}

@@ -1,0 +1,292 @@
+//! The internode gRPC service: replica reads and writes, forwarding to a DC's replicas,
+//! hint delivery, range scans for coordinators, and gossip.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::pb::internode::v1 as ipb;
+use client::pb::internode::v1::internode_server::{Internode, InternodeServer};
+use client::KvError;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use super::convert::{cell_to_pb, digest_from_pb, endpoint_from_pb, endpoint_to_pb};
+use super::replica::{from_pb_mutations, Target};
+use super::Node;
+use crate::cluster::digest;
+use crate::cluster::gossip::{Ack2, Digest};
+use crate::lsm::Mutation;
+
+/// Most cells one ReplicaScan returns.
+const SCAN_LIMIT_MAX: u32 = 10_000;
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let service = InternodeServer::new(InternodeService { node })
+        .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "internode server failed");
+    }
+}
+
+struct InternodeService {
+    node: Arc<Node>,
+}
+
+fn status(e: KvError) -> Status {
+    e.into_status()
+}
+
+fn failed(message: String) -> Status {
+    Status::failed_precondition(message)
+}
+
+impl InternodeService {
+    /// Refuses traffic from another cluster.
+    fn check_sender(&self, sender: &Option<ipb::Sender>) -> Result<(), Status> {
+        let cluster = sender.as_ref().map_or("", |s| s.cluster.as_str());
+        if cluster != self.node.config.cluster_name {
+            return Err(failed(format!(
+                "sender belongs to cluster {cluster:?}, this node to {:?}",
+                self.node.config.cluster_name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_target(&self, target: &str) -> Result<(), Status> {
+        if target != self.node.me.0 {
+            return Err(failed(format!(
+                "meant for node {target:?}, this is {:?}",
+                self.node.me.0
+            )));
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, keyspace: &str, muts: Vec<ipb::ReplicaMutation>) -> Result<(), Status> {
+        let muts = from_pb_mutations(muts).map_err(status)?;
+        (self.node.apply_local(keyspace, muts).await)
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::ReplicaAck, Status>> + Send>>;
+type ChunkStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::StreamRangesChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Internode for InternodeService {
+    async fn replica_write(
+        &self,
+        request: Request<ipb::ReplicaWriteRequest>,
+    ) -> Result<Response<ipb::ReplicaWriteResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        self.check_target(&r.target_node_id)?;
+        self.apply(&r.keyspace, r.mutations).await?;
+        Ok(Response::new(ipb::ReplicaWriteResponse {}))
+    }
+
+    async fn replica_read(
+        &self,
+        request: Request<ipb::ReplicaReadRequest>,
+    ) -> Result<Response<ipb::ReplicaReadResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        super::convert::check_key(&r.key, "key").map_err(status)?;
+        let cell = (self
+            .node
+            .read_local(&r.keyspace, super::storage::engine_key(&r.key))
+            .await)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ipb::ReplicaReadResponse {
+            cell: cell.as_ref().map(cell_to_pb),
+        }))
+    }
+
+    async fn digest_read(
+        &self,
+        request: Request<ipb::DigestReadRequest>,
+    ) -> Result<Response<ipb::DigestReadResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        super::convert::check_key(&r.key, "key").map_err(status)?;
+        let cell = (self
+            .node
+            .read_local(&r.keyspace, super::storage::engine_key(&r.key))
+            .await)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ipb::DigestReadResponse {
+            digest: digest(cell.as_ref()),
+        }))
+    }
+
+    async fn replica_scan(
+        &self,
+        request: Request<ipb::ReplicaScanRequest>,
+    ) -> Result<Response<ipb::ReplicaScanResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        if r.limit == 0 || r.limit > SCAN_LIMIT_MAX {
+            return Err(status(KvError::invalid_argument(
+                "limit",
+                format!("{} is outside 1..={SCAN_LIMIT_MAX}", r.limit),
+            )));
+        }
+        let range = r
+            .range
+            .ok_or_else(|| status(KvError::invalid_argument("range", "missing")))?;
+        let range = client::decode_token_range(&range).map_err(|(f, e)| {
+            status(KvError::invalid_argument(
+                format!("range.{f}"),
+                e.to_string(),
+            ))
+        })?;
+        let (from, end) = super::scan::engine_bounds(range, &r.after).map_err(status)?;
+        let node = self.node.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            node.storage.scan(&r.keyspace, from, end, r.limit as usize)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        let cells = (page.cells.iter())
+            .map(|(k, c)| ipb::ReplicaMutation {
+                key: k.slice(crate::storage_key::TOKEN_BYTES..),
+                cell: Some(cell_to_pb(c)),
+            })
+            .collect();
+        Ok(Response::new(ipb::ReplicaScanResponse {
+            cells,
+            exhausted: page.exhausted,
+        }))
+    }
+
+    type ForwardWriteStream = AckStream;
+
+    async fn forward_write(
+        &self,
+        request: Request<ipb::ForwardWriteRequest>,
+    ) -> Result<Response<AckStream>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let muts: Arc<Vec<Mutation>> = Arc::new(from_pb_mutations(r.mutations).map_err(status)?);
+        let deadline = Instant::now() + Duration::from_millis(r.timeout_ms.into());
+        let view = self.node.members.view();
+        let (tx, rx) = mpsc::channel(r.targets.len().max(1));
+        for id in r.targets {
+            let target = view.member(&id).map(|m| Target {
+                id: id.clone(),
+                dc: m.dc.clone(),
+                address: m.addresses.internode.clone(),
+            });
+            let (node, tx, muts, ks) = (
+                self.node.clone(),
+                tx.clone(),
+                muts.clone(),
+                r.keyspace.clone(),
+            );
+            tokio::spawn(async move {
+                let error = match target {
+                    None => Some(super::replica::ReplicaError::Failed(format!(
+                        "unknown node {id}"
+                    ))),
+                    Some(t) => node.write_replica(&t, &ks, muts, deadline).await.err(),
+                };
+                let ack = ipb::ReplicaAck {
+                    node_id: id,
+                    error: error.map(|e| e.to_pb()),
+                };
+                let _ = tx.send(Ok(ack)).await;
+            });
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn hint_deliver(
+        &self,
+        request: Request<ipb::HintDeliverRequest>,
+    ) -> Result<Response<ipb::HintDeliverResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        self.check_target(&r.target_node_id)?;
+        let mut applied = 0u32;
+        for hint in r.hints {
+            let Some(m) = hint.mutation else { break };
+            let known = self
+                .node
+                .members
+                .view()
+                .schema
+                .get(&hint.keyspace)
+                .is_some();
+            // A hint for a dropped keyspace has nothing left to update: count it delivered.
+            if known {
+                if let Err(e) = self.apply(&hint.keyspace, vec![m]).await {
+                    tracing::debug!(error = %e, "hint not applied");
+                    break;
+                }
+            }
+            applied += 1;
+        }
+        Ok(Response::new(ipb::HintDeliverResponse { applied }))
+    }
+
+    async fn gossip_syn(
+        &self,
+        request: Request<ipb::GossipSynRequest>,
+    ) -> Result<Response<ipb::GossipAck>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let digests: Vec<Digest> = r.digests.into_iter().map(digest_from_pb).collect();
+        let ack = self.node.members.on_syn(&digests);
+        Ok(Response::new(ipb::GossipAck {
+            states: ack
+                .states
+                .iter()
+                .map(|(n, s)| endpoint_to_pb(n, s))
+                .collect(),
+            requests: (ack.requests.iter())
+                .map(super::convert::digest_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn gossip_ack2(
+        &self,
+        request: Request<ipb::GossipAck2Request>,
+    ) -> Result<Response<ipb::GossipAck2Response>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let states = (r.states.into_iter())
+            .map(endpoint_from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(status)?;
+        if let Some(schema) = self.node.members.on_ack2(Ack2 { states }) {
+            self.node.adopt_schema(schema).await.map_err(status)?;
+        }
+        Ok(Response::new(ipb::GossipAck2Response {}))
+    }
+
+    type StreamRangesStream = ChunkStream;
+
+    async fn stream_ranges(
+        &self,
+        _request: Request<ipb::StreamRangesRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        Err(Status::unimplemented(
+            "range streaming arrives with join, decommission and replace",
+        ))
+    }
+}

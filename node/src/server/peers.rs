@@ -1,0 +1,85 @@
+//! Connections to other nodes' internode services: one lazily connected HTTP/2 channel per
+//! address (HTTP/2 multiplexes every concurrent request on it), and the simulated WAN delay
+//! towards remote DCs that `kvctl demo --wan-latency` asks for.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use client::pb::internode::v1::internode_client::InternodeClient;
+use client::pb::internode::v1::Sender;
+use dashmap::DashMap;
+use tonic::transport::{Channel, Endpoint};
+
+/// A peer that does not accept a connection within this long is treated as failed for the
+/// request; the failure detector, not this timeout, decides whether it is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Channels kept at most; a cluster has far fewer nodes, so reaching it means addresses are
+/// churning and the cache is simply cleared.
+const CHANNELS_MAX: usize = 4_096;
+
+pub type Internode = InternodeClient<Channel>;
+
+pub struct Peers {
+    cluster: String,
+    me: String,
+    channels: DashMap<String, Internode>,
+    wan_latency_ms: BTreeMap<String, u64>,
+}
+
+impl Peers {
+    pub fn new(cluster: &str, me: &str, wan_latency_ms: BTreeMap<String, u64>) -> Peers {
+        Peers {
+            cluster: cluster.to_owned(),
+            me: me.to_owned(),
+            channels: DashMap::new(),
+            wan_latency_ms,
+        }
+    }
+
+    /// Who this node is, for every internode request.
+    pub fn sender(&self) -> Option<Sender> {
+        Some(Sender {
+            cluster: self.cluster.clone(),
+            node_id: self.me.clone(),
+        })
+    }
+
+    /// A client for the internode service at `address` (`host:port`).
+    pub fn client(&self, address: &str) -> Result<Internode, tonic::transport::Error> {
+        if let Some(c) = self.channels.get(address) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let client = InternodeClient::new(channel)
+            .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
+        if self.channels.len() >= CHANNELS_MAX {
+            self.channels.clear();
+        }
+        self.channels.insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// The simulated one-way delay to a node in `dc`.
+    pub fn wan_delay(&self, dc: &str) -> Duration {
+        Duration::from_millis(self.wan_latency_ms.get(dc).copied().unwrap_or(0))
+    }
+
+    /// Runs one request to a node in `dc`, delayed on the way out and on the way back so a
+    /// round trip costs twice the configured one-way latency, as a real WAN link would.
+    pub async fn call<T>(&self, dc: &str, request: impl std::future::Future<Output = T>) -> T {
+        let delay = self.wan_delay(dc);
+        if delay.is_zero() {
+            return request.await;
+        }
+        tokio::time::sleep(delay).await;
+        let out = request.await;
+        tokio::time::sleep(delay).await;
+        out
+    }
+}

@@ -1,0 +1,283 @@
+//! Talking to one replica, this node or a peer, with a deadline: the building blocks the
+//! coordinator and the forwarder fan out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::pb::internode::v1 as ipb;
+use client::pb::v1 as pb;
+
+use super::convert::{cell_from_pb, cell_to_pb};
+use super::Node;
+use crate::cluster::{digest, ReadResponse};
+use crate::lsm::{Cell, Mutation};
+
+/// Where a replica is: enough to reach it and to delay traffic across DCs.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: String,
+    pub dc: String,
+    pub address: String,
+}
+
+/// Why a replica did not answer as asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("no answer within the deadline")]
+    Timeout,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ReplicaError {
+    pub fn to_pb(&self) -> pb::Error {
+        let code = match self {
+            ReplicaError::Timeout => tonic::Code::DeadlineExceeded,
+            ReplicaError::Failed(_) => tonic::Code::Unavailable,
+        };
+        pb::Error {
+            code: code as i32,
+            message: self.to_string(),
+            detail: None,
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, ReplicaError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or(ReplicaError::Timeout)
+}
+
+fn from_status(s: tonic::Status) -> ReplicaError {
+    match s.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ReplicaError::Timeout,
+        _ => ReplicaError::Failed(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+pub fn to_pb_mutations(muts: &[Mutation]) -> Vec<ipb::ReplicaMutation> {
+    (muts.iter())
+        .map(|m| ipb::ReplicaMutation {
+            key: user_key(&m.key),
+            cell: Some(cell_to_pb(&m.cell)),
+        })
+        .collect()
+}
+
+/// Replica messages carry user keys; the receiver derives the token itself rather than trust
+/// the sender's.
+fn user_key(engine_key: &Bytes) -> Bytes {
+    engine_key.slice(crate::storage_key::TOKEN_BYTES..)
+}
+
+/// Decodes a peer's mutations into engine mutations, validating keys and cells.
+pub fn from_pb_mutations(
+    muts: Vec<ipb::ReplicaMutation>,
+) -> Result<Vec<Mutation>, client::KvError> {
+    (muts.into_iter().enumerate())
+        .map(|(i, m)| {
+            let field = format!("mutations[{i}]");
+            super::convert::check_key(&m.key, &format!("{field}.key"))?;
+            let cell = m.cell.ok_or_else(|| {
+                client::KvError::invalid_argument(format!("{field}.cell"), "missing")
+            })?;
+            Ok(Mutation {
+                key: super::storage::engine_key(&m.key),
+                cell: cell_from_pb(cell, &format!("{field}.cell"))?,
+            })
+        })
+        .collect()
+}
+
+impl Node {
+    fn is_local(&self, t: &Target) -> bool {
+        t.id == self.me.0
+    }
+
+    /// Applies `muts` on this node's storage, off the async runtime.
+    pub async fn apply_local(
+        self: &Arc<Self>,
+        keyspace: &str,
+        muts: Vec<Mutation>,
+    ) -> Result<(), ReplicaError> {
+        let node = self.clone();
+        let keyspace = keyspace.to_owned();
+        tokio::task::spawn_blocking(move || node.storage.apply(&keyspace, muts))
+            .await
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?
+            .map_err(|e| ReplicaError::Failed(e.to_string()))
+    }
+
+    pub async fn read_local(
+        self: &Arc<Self>,
+        keyspace: &str,
+        key: Bytes,
+    ) -> Result<Option<Cell>, ReplicaError> {
+        let node = self.clone();
+        let keyspace = keyspace.to_owned();
+        tokio::task::spawn_blocking(move || node.storage.read(&keyspace, &key))
+            .await
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?
+            .map_err(|e| ReplicaError::Failed(e.to_string()))
+    }
+
+    /// Writes `muts` to one replica.
+    pub async fn write_replica(
+        self: &Arc<Self>,
+        t: &Target,
+        keyspace: &str,
+        muts: Arc<Vec<Mutation>>,
+        deadline: Instant,
+    ) -> Result<(), ReplicaError> {
+        if self.is_local(t) {
+            return self.apply_local(keyspace, muts.to_vec()).await;
+        }
+        let mut request = tonic::Request::new(ipb::ReplicaWriteRequest {
+            sender: self.peers.sender(),
+            keyspace: keyspace.to_owned(),
+            mutations: to_pb_mutations(&muts),
+            target_node_id: t.id.clone(),
+        });
+        request.set_timeout(remaining(deadline)?);
+        let mut client = self
+            .peers
+            .client(&t.address)
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        let call = self.peers.call(&t.dc, client.replica_write(request));
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(from_status(s)),
+            Err(_) => Err(ReplicaError::Timeout),
+        }
+    }
+
+    /// Reads one replica's cell, or its digest.
+    pub async fn read_replica(
+        self: &Arc<Self>,
+        t: &Target,
+        keyspace: &str,
+        key: &Bytes,
+        want_digest: bool,
+        deadline: Instant,
+    ) -> Result<ReadResponse, ReplicaError> {
+        let started = Instant::now();
+        let out = self
+            .read_replica_inner(t, keyspace, key, want_digest, deadline)
+            .await;
+        if out.is_ok() {
+            self.latencies.record(&t.id, started.elapsed());
+        }
+        out
+    }
+
+    async fn read_replica_inner(
+        self: &Arc<Self>,
+        t: &Target,
+        keyspace: &str,
+        key: &Bytes,
+        want_digest: bool,
+        deadline: Instant,
+    ) -> Result<ReadResponse, ReplicaError> {
+        if self.is_local(t) {
+            let cell = self
+                .read_local(keyspace, super::storage::engine_key(key))
+                .await?;
+            return Ok(match want_digest {
+                true => ReadResponse::Digest(digest(cell.as_ref())),
+                false => ReadResponse::Data(cell),
+            });
+        }
+        let timeout = remaining(deadline)?;
+        let mut client = self
+            .peers
+            .client(&t.address)
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        let sender = self.peers.sender();
+        let call = async {
+            if want_digest {
+                let mut r = tonic::Request::new(ipb::DigestReadRequest {
+                    sender,
+                    keyspace: keyspace.to_owned(),
+                    key: key.clone(),
+                });
+                r.set_timeout(timeout);
+                let d = client.digest_read(r).await.map_err(from_status)?;
+                Ok(ReadResponse::Digest(d.into_inner().digest))
+            } else {
+                let mut r = tonic::Request::new(ipb::ReplicaReadRequest {
+                    sender,
+                    keyspace: keyspace.to_owned(),
+                    key: key.clone(),
+                });
+                r.set_timeout(timeout);
+                let resp = client
+                    .replica_read(r)
+                    .await
+                    .map_err(from_status)?
+                    .into_inner();
+                let cell = (resp.cell)
+                    .map(|c| cell_from_pb(c, "cell"))
+                    .transpose()
+                    .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+                Ok(ReadResponse::Data(cell))
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), self.peers.call(&t.dc, call)).await {
+            Ok(r) => r,
+            Err(_) => Err(ReplicaError::Timeout),
+        }
+    }
+
+    /// Asks a forwarder in another DC to write `muts` to `targets` there; calls `on_ack` with
+    /// each target's outcome as it streams back, and with a failure for every target the
+    /// stream did not report.
+    pub async fn forward_write(
+        self: &Arc<Self>,
+        forwarder: &Target,
+        targets: &[Target],
+        keyspace: &str,
+        muts: Arc<Vec<Mutation>>,
+        deadline: Instant,
+        mut on_ack: impl FnMut(&str, bool),
+    ) {
+        let mut pending: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+        let result = async {
+            let timeout = remaining(deadline)?;
+            let mut request = tonic::Request::new(ipb::ForwardWriteRequest {
+                sender: self.peers.sender(),
+                keyspace: keyspace.to_owned(),
+                mutations: to_pb_mutations(&muts),
+                targets: targets.iter().map(|t| t.id.clone()).collect(),
+                timeout_ms: timeout.as_millis() as u32,
+            });
+            request.set_timeout(timeout);
+            let mut client = (self.peers.client(&forwarder.address))
+                .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+            let delay = self.peers.wan_delay(&forwarder.dc);
+            tokio::time::sleep(delay).await;
+            let mut stream = client
+                .forward_write(request)
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            while let Some(ack) = stream.message().await.map_err(from_status)? {
+                tokio::time::sleep(delay).await;
+                if let Some(pos) = pending.iter().position(|p| *p == ack.node_id) {
+                    pending.swap_remove(pos);
+                    on_ack(&ack.node_id, ack.error.is_none());
+                }
+            }
+            Ok::<(), ReplicaError>(())
+        };
+        let outcome = tokio::time::timeout_at(deadline.into(), result).await;
+        if let Ok(Err(e)) = &outcome {
+            tracing::debug!(forwarder = %forwarder.id, error = %e, "forwarded write failed");
+        }
+        for id in pending {
+            on_ack(id, false);
+        }
+    }
+}

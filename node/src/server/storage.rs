@@ -1,0 +1,228 @@
+//! The node's keyspaces on disk: one engine per keyspace, like Cassandra's per-table
+//! directories, so dropping a keyspace is deleting a directory and a token range of one
+//! keyspace is one contiguous scan. A keyspace's directory is named after its name and schema
+//! version, so a keyspace dropped and created again starts empty.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::cluster::Schema;
+use crate::lsm::{Cell, Db, Mutation, Options};
+use crate::storage_key;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("keyspace {0:?} is not in this node's schema")]
+    UnknownKeyspace(String),
+    #[error("keyspace {keyspace}: {source}")]
+    Engine {
+        keyspace: String,
+        source: crate::lsm::Error,
+    },
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Open {
+    version: u64,
+    db: Arc<Db>,
+}
+
+pub struct Storage {
+    root: PathBuf,
+    options: Options,
+    keyspaces: RwLock<HashMap<String, Open>>,
+}
+
+/// One page of a replica's range scan.
+pub struct ScanPage {
+    /// (engine key, cell) in engine key order.
+    pub cells: Vec<(Bytes, Cell)>,
+    pub exhausted: bool,
+}
+
+impl Storage {
+    pub fn new(root: &Path, options: Options) -> Storage {
+        Storage {
+            root: root.to_owned(),
+            options,
+            keyspaces: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn dir_of(&self, name: &str, version: u64) -> PathBuf {
+        self.root.join(format!("{name}-{version}"))
+    }
+
+    /// Opens the engines of new keyspaces and removes those of dropped or superseded ones.
+    /// Blocking: call off the async runtime.
+    pub fn sync_schema(&self, schema: &Schema) -> Result<(), StorageError> {
+        let mut gone = Vec::new();
+        {
+            let mut open = self.keyspaces.write();
+            open.retain(|name, o| {
+                let keep = schema.get(name).is_some_and(|d| d.version == o.version);
+                if !keep {
+                    gone.push((name.clone(), o.version));
+                }
+                keep
+            });
+            for (name, def) in schema.live() {
+                if open.contains_key(name) {
+                    continue;
+                }
+                let db = Db::open(self.dir_of(name, def.version), self.options.clone()).map_err(
+                    |source| StorageError::Engine {
+                        keyspace: name.to_owned(),
+                        source,
+                    },
+                )?;
+                let entry = Open {
+                    version: def.version,
+                    db: Arc::new(db),
+                };
+                open.insert(name.to_owned(), entry);
+            }
+        }
+        for (name, version) in gone {
+            tracing::info!(keyspace = %name, "removing the data of a dropped keyspace");
+            self.remove_dir(&self.dir_of(&name, version))?;
+        }
+        self.remove_strays(schema)
+    }
+
+    /// Directories no live keyspace version names: left by a crash between a drop and its
+    /// removal.
+    fn remove_strays(&self, schema: &Schema) -> Result<(), StorageError> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        let live: Vec<PathBuf> = (schema.live())
+            .map(|(n, d)| self.dir_of(n, d.version))
+            .collect();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !live.contains(&path) {
+                self.remove_dir(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &Path) -> Result<(), StorageError> {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Remove {
+                path: path.to_owned(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn db(&self, keyspace: &str) -> Result<Arc<Db>, StorageError> {
+        (self.keyspaces.read().get(keyspace))
+            .map(|o| o.db.clone())
+            .ok_or_else(|| StorageError::UnknownKeyspace(keyspace.to_owned()))
+    }
+
+    fn engine_err(keyspace: &str) -> impl FnOnce(crate::lsm::Error) -> StorageError + '_ {
+        move |source| StorageError::Engine {
+            keyspace: keyspace.to_owned(),
+            source,
+        }
+    }
+
+    /// Applies mutations keyed by engine key as one engine batch. Blocking.
+    pub fn apply(&self, keyspace: &str, batch: Vec<Mutation>) -> Result<(), StorageError> {
+        let db = self.db(keyspace)?;
+        db.write(batch).map_err(Self::engine_err(keyspace))
+    }
+
+    /// The stored cell of an engine key, tombstones and expired cells included. Blocking.
+    pub fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<Cell>, StorageError> {
+        let db = self.db(keyspace)?;
+        db.get(key).map_err(Self::engine_err(keyspace))
+    }
+
+    /// Up to `limit` cells with engine keys after `after` (or from `start`), up to `end`.
+    /// Blocking.
+    pub fn scan(
+        &self,
+        keyspace: &str,
+        from: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        let db = self.db(keyspace)?;
+        let scan = db
+            .scan(as_ref(&from), as_ref(&end))
+            .map_err(Self::engine_err(keyspace))?;
+        let mut cells = Vec::new();
+        let mut exhausted = true;
+        for item in scan {
+            if cells.len() == limit {
+                exhausted = false;
+                break;
+            }
+            cells.push(item.map_err(Self::engine_err(keyspace))?);
+        }
+        Ok(ScanPage { cells, exhausted })
+    }
+
+    /// Bytes on disk under the keyspaces' directories, for the gossiped load.
+    pub fn load_bytes(&self) -> u64 {
+        let dbs: Vec<Arc<Db>> = self
+            .keyspaces
+            .read()
+            .values()
+            .map(|o| o.db.clone())
+            .collect();
+        dbs.iter().map(|db| dir_bytes(db.dir())).sum()
+    }
+
+    /// Flushes every memtable and closes the engines, for a graceful stop. Blocking.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let open: Vec<(String, Open)> = self.keyspaces.write().drain().collect();
+        for (name, o) in open {
+            o.db.flush().map_err(Self::engine_err(&name))?;
+            if let Ok(db) = Arc::try_unwrap(o.db) {
+                db.close().map_err(Self::engine_err(&name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    (entries.flatten())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The engine key of a user key.
+pub fn engine_key(user_key: &[u8]) -> Bytes {
+    storage_key::encode(topology::token_of(user_key).0, user_key)
+}
