@@ -45,7 +45,7 @@ enum LocalCommand {
     Kill(NodeArgs),
     /// Stop a node gracefully (SIGTERM) and wait until it has exited
     Stop(StopArgs),
-    /// Restart a stopped or killed node with its config and wait until the others see it UP
+    /// Restart a stopped or killed node with its config and wait until it and the others see each other UP
     Start(StartArgs),
     /// Show each node's process, addresses, health, and the ring as the first serving node sees it
     Status,
@@ -455,8 +455,8 @@ async fn signal_and_wait(
     Ok(pid)
 }
 
-/// Restarts a node with its config, and waits until it serves and every running node sees
-/// it UP.
+/// Restarts a node with its config, and waits until it serves and it and every running node
+/// see each other UP.
 pub async fn start(
     dir: &Path,
     id: &str,
@@ -491,14 +491,15 @@ pub async fn start(
             node.pid = Some(pid);
         }
     })?;
+    // The restarted node must also have heard of the others again: until it has, it may not
+    // know every DC its keyspaces name, and refuses requests.
     let cluster = ClusterFile::load(dir)?;
-    let node = cluster.node(id)?;
-    let observers: Vec<&NodeEntry> = cluster
+    let running: Vec<&NodeEntry> = cluster
         .nodes
         .iter()
         .filter(|n| process::is_running(n))
         .collect();
-    probe::wait_ready(&observers, &[node], timeout).await?;
+    probe::wait_ready(&running, &running, timeout).await?;
     Ok(pid)
 }
 

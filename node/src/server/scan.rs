@@ -63,10 +63,7 @@ impl Position {
 
 /// Engine bounds of a replica scan of `range`, resuming after the engine key `after`.
 /// `(MAX, e]` means tokens `0..=e`; `(t, t]` the whole ring; other wrapping ranges are refused.
-pub fn engine_bounds(
-    range: TokenRange,
-    after: &[u8],
-) -> Result<EngineBounds, KvError> {
+pub fn engine_bounds(range: TokenRange, after: &[u8]) -> Result<EngineBounds, KvError> {
     let (s, e) = (range.start.0, range.end.0);
     let hi_of = |e: u128| match e.checked_add(1) {
         Some(n) => Bound::Excluded(n.to_be_bytes().to_vec()),
