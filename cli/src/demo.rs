@@ -108,6 +108,13 @@ async fn demo(args: DemoArgs, dir: Option<&Path>) -> anyhow::Result<()> {
         kv_node: args.kv_node.clone(),
         timeout: args.timeout,
     };
+    // From here the guard owns the temporary directory, so that on a panic it stops the nodes
+    // before the directory goes.
+    let mut guard = StopOnDrop {
+        dir: dir.clone(),
+        temp,
+        armed: true,
+    };
     let outcome = tokio::select! {
         outcome = show(&dir, &shape, &args) => outcome,
         signal = interrupted() => signal.and(Err(anyhow!("interrupted"))),
@@ -117,8 +124,9 @@ async fn demo(args: DemoArgs, dir: Option<&Path>) -> anyhow::Result<()> {
         interrupted().await?;
     }
     let stopped = stop_cluster(&dir).await;
+    guard.armed = false;
     let keep = outcome.is_err() || stopped.is_err() || args.keep;
-    match temp {
+    match guard.temp.take() {
         Some(temp) if keep => {
             let kept = temp.keep();
             println!("kept {} (configs, logs, data)", kept.display());
@@ -130,6 +138,29 @@ async fn demo(args: DemoArgs, dir: Option<&Path>) -> anyhow::Result<()> {
         None => {}
     }
     outcome.and(stopped)
+}
+
+/// Sends SIGTERM to every node if the demo unwinds before stopping them, e.g. when printing
+/// to a closed pipe panics: nodes run in their own process group and would outlive kvctl. It
+/// signals before the temporary directory (a field, so dropped after) is removed, and does not
+/// wait.
+struct StopOnDrop {
+    dir: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    armed: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(cluster) = local::state::ClusterFile::load(&self.dir) {
+            for node in &cluster.nodes {
+                let _ = local::process::signal(node, local::process::Signal::Term);
+            }
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM from whoever runs the demo.
