@@ -42,6 +42,11 @@ struct ClusterNode {
 }
 
 impl Target {
+    /// `--dir`, which `kvctl local` and `kvctl demo` also take.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     pub fn endpoints(&self) -> anyhow::Result<Vec<String>> {
         if !self.endpoints.is_empty() {
             return Ok(clean(self.endpoints.iter().map(String::as_str)));

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::local::{self, layout::DEFAULT_VNODES, parse_duration, probe, table, ShapeArgs};
+use crate::Outcome;
 
 const KEYSPACE: &str = "demo";
 const DCS: usize = 3;
@@ -50,9 +51,6 @@ pub struct DemoArgs {
     /// Simulated one-way latency between DCs
     #[arg(long, value_name = "DURATION", default_value = "40ms", value_parser = parse_duration)]
     wan_latency: Duration,
-    /// Directory for the cluster, kept at exit [default: a temporary directory, removed at exit]
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
     /// Keep the temporary directory (configs, logs, data) at exit
     #[arg(long)]
     keep: bool,
@@ -76,18 +74,21 @@ pub struct DemoArgs {
     exit_after_workload: bool,
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// `dir` is kvctl's global `--dir`: the cluster's directory, kept at exit; without it a
+/// temporary directory is used and removed at exit.
+pub fn run(args: DemoArgs, dir: Option<&Path>) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(demo(args))
+    runtime.block_on(demo(args, dir))?;
+    Ok(Outcome::Done)
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let (dir, temp) = match &args.dir {
-        Some(dir) => (dir.clone(), None),
+async fn demo(args: DemoArgs, dir: Option<&Path>) -> anyhow::Result<()> {
+    let (dir, temp) = match dir {
+        Some(dir) => (dir.to_owned(), None),
         None => {
             let temp = tempfile::Builder::new()
                 .prefix("kv-demo.")
@@ -107,6 +108,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         kv_node: args.kv_node.clone(),
         timeout: args.timeout,
     };
+    // From here the guard owns the temporary directory, so that on a panic it stops the nodes
+    // before the directory goes.
+    let mut guard = StopOnDrop {
+        dir: dir.clone(),
+        temp,
+        armed: true,
+    };
     let outcome = tokio::select! {
         outcome = show(&dir, &shape, &args) => outcome,
         signal = interrupted() => signal.and(Err(anyhow!("interrupted"))),
@@ -116,8 +124,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         interrupted().await?;
     }
     let stopped = stop_cluster(&dir).await;
+    guard.armed = false;
     let keep = outcome.is_err() || stopped.is_err() || args.keep;
-    match temp {
+    match guard.temp.take() {
         Some(temp) if keep => {
             let kept = temp.keep();
             println!("kept {} (configs, logs, data)", kept.display());
@@ -129,6 +138,29 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         None => {}
     }
     outcome.and(stopped)
+}
+
+/// Sends SIGTERM to every node if the demo unwinds before stopping them, e.g. when printing
+/// to a closed pipe panics: nodes run in their own process group and would outlive kvctl. It
+/// signals before the temporary directory (a field, so dropped after) is removed, and does not
+/// wait.
+struct StopOnDrop {
+    dir: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    armed: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(cluster) = local::state::ClusterFile::load(&self.dir) {
+            for node in &cluster.nodes {
+                let _ = local::process::signal(node, local::process::Signal::Term);
+            }
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM from whoever runs the demo.
@@ -255,10 +287,11 @@ fn print_usage(dir: &Path) {
         .unwrap_or_else(|_| "kvctl".to_owned());
     let dir = dir.display();
     println!("\nTry, from another terminal:");
-    println!("  {kvctl} --dir {dir} get {KEYSPACE} local_quorum-1");
-    println!("  {kvctl} local status --dir {dir}");
-    println!("  {kvctl} local kill dc2-n1 --dir {dir}     # crash a node...");
-    println!("  {kvctl} local start dc2-n1 --dir {dir}    # ...and bring it back");
+    println!("  {kvctl} --dir {dir} get -k {KEYSPACE} local_quorum-1");
+    println!("  {kvctl} --dir {dir} put -k {KEYSPACE} hello world --cl EACH_QUORUM");
+    println!("  {kvctl} --dir {dir} status");
+    println!("  {kvctl} --dir {dir} local kill dc2-n1     # crash a node...");
+    println!("  {kvctl} --dir {dir} local start dc2-n1    # ...and bring it back");
     println!("Each node's config and log: {dir}/<node>/node.toml, node.log");
 }
 

@@ -57,7 +57,7 @@ enum Command {
     Status(admin::StatusArgs),
     /// The live ring (without a subcommand), or plan one offline (`ring plan`)
     Ring(ring::RingArgs),
-    /// Run a cluster of kv-node processes on this machine
+    /// Run a cluster of kv-node processes on this machine (needs --dir)
     Local(local::LocalArgs),
     /// Start a 3-DC local cluster, show what consistency levels cost across DCs, and keep it
     /// running until Ctrl-C
@@ -85,8 +85,8 @@ fn main() -> ExitCode {
         Command::Keyspace(command) => admin::keyspace(command, &target, format),
         Command::Inspect(args) => admin::inspect(args, &target, format),
         Command::Status(args) => admin::status(args, &target, format),
-        Command::Local(args) => local::run(args).map(|()| Outcome::Done),
-        Command::Demo(args) => demo::run(args).map(|()| Outcome::Done),
+        Command::Local(args) => local::run(args, target.dir(), format),
+        Command::Demo(args) => demo::run(args, target.dir()),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

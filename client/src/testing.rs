@@ -106,6 +106,7 @@ impl FakeCluster {
                 state: pb::NodeState::Normal as i32,
                 liveness: pb::Liveness::Up as i32,
                 tokens: tokens.into_iter().map(encode_token).collect(),
+                load_bytes: None,
             });
             listeners.push((spec.clone(), listener, address));
         }

@@ -44,7 +44,7 @@ async fn demo_runs_its_workload_at_three_levels_and_stops_every_node() {
         out.stdout
     );
     assert!(
-        out.stdout.contains("get demo local_quorum-1"),
+        out.stdout.contains("get -k demo local_quorum-1"),
         "{}",
         out.stdout
     );

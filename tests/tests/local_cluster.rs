@@ -83,7 +83,7 @@ async fn a_stopped_node_is_seen_down_then_restarts_and_is_seen_up() {
             || async {
                 seen_from(&cluster, "dc1-n1", "dc2-n1").await.map(|s| s.1) == Some(Liveness::Down)
             },
-            Duration::from_secs(30),
+            Duration::from_secs(40),
             "dc1-n1 sees the stopped dc2-n1 DOWN",
         )
         .await;

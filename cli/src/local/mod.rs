@@ -17,6 +17,7 @@ use client::pb::v1::{Liveness, NodeState};
 use serde::Serialize;
 
 use crate::output::Format;
+use crate::Outcome;
 use layout::{LocalSpec, DEFAULT_PORT_BASE, DEFAULT_VNODES};
 use process::Signal;
 use state::{ClusterFile, NodeEntry};
@@ -44,17 +45,10 @@ enum LocalCommand {
     Kill(NodeArgs),
     /// Stop a node gracefully (SIGTERM) and wait until it has exited
     Stop(StopArgs),
-    /// Restart a stopped or killed node with its config and wait until the others see it UP
+    /// Restart a stopped or killed node with its config and wait until it and the others see each other UP
     Start(StartArgs),
     /// Show each node's process, addresses, health, and the ring as the first serving node sees it
-    Status(StatusArgs),
-}
-
-#[derive(Args)]
-pub struct ClusterDir {
-    /// The cluster's directory (cluster.json, and per node node.toml, node.log and data/)
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    Status,
 }
 
 #[derive(Args)]
@@ -92,35 +86,20 @@ pub struct ShapeArgs {
 #[derive(Args)]
 struct UpArgs {
     #[command(flatten)]
-    dir: ClusterDir,
-    #[command(flatten)]
     shape: ShapeArgs,
-    /// Output format
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    output: Format,
 }
 
 #[derive(Args)]
 struct DownArgs {
-    #[command(flatten)]
-    dir: ClusterDir,
     /// How long each node may take to exit after SIGTERM before it is killed
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_STOP_TIMEOUT, value_parser = parse_duration)]
     timeout: Duration,
-    /// Output format
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    output: Format,
 }
 
 #[derive(Args)]
 struct NodeArgs {
     /// The node, e.g. dc1-n2
     node: String,
-    #[command(flatten)]
-    dir: ClusterDir,
-    /// Output format
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    output: Format,
 }
 
 #[derive(Args)]
@@ -144,16 +123,10 @@ struct StartArgs {
     kv_node: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct StatusArgs {
-    #[command(flatten)]
-    dir: ClusterDir,
-    /// Output format
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    output: Format,
-}
-
-pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+pub fn run(args: LocalArgs, dir: Option<&Path>, output: Format) -> anyhow::Result<Outcome> {
+    let Some(dir) = dir else {
+        bail!("kvctl local needs --dir DIR: the cluster's directory");
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -162,60 +135,52 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         match args.command {
             LocalCommand::Up(a) => {
                 let started = Instant::now();
-                let cluster = up(&a.dir.dir, &a.shape).await?;
-                match a.output {
+                let cluster = up(dir, &a.shape).await?;
+                match output {
                     Format::Json => println!("{}", serde_json::to_string_pretty(&cluster)?),
                     Format::Text => {
                         print!("{}", nodes_table(&cluster));
                         println!(
-                            "{} nodes NORMAL and UP in {:.1}s; stop them with `kvctl local down --dir {}`",
+                            "{} nodes NORMAL and UP in {:.1}s; stop them with `kvctl --dir {} local down`",
                             cluster.nodes.len(),
                             started.elapsed().as_secs_f64(),
-                            a.dir.dir.display()
+                            dir.display()
                         );
                     }
                 }
-                Ok(())
             }
             LocalCommand::Down(a) => {
-                let outcome = down(&a.dir.dir, a.timeout).await?;
-                match a.output {
+                let outcome = down(dir, a.timeout).await?;
+                match output {
                     Format::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
                     Format::Text => println!("{}", outcome.text(a.timeout)),
                 }
-                Ok(())
             }
             LocalCommand::Kill(a) => {
-                let pid = kill(&a.dir.dir, &a.node).await?;
-                report(a.output, &a.node, "killed", pid)
+                let pid = kill(dir, &a.node).await?;
+                report(output, &a.node, "killed", pid);
             }
             LocalCommand::Stop(a) => {
-                let pid = stop(&a.node.dir.dir, &a.node.node, a.timeout).await?;
-                report(a.node.output, &a.node.node, "stopped", pid)
+                let pid = stop(dir, &a.node.node, a.timeout).await?;
+                report(output, &a.node.node, "stopped", pid);
             }
             LocalCommand::Start(a) => {
-                let pid = start(
-                    &a.node.dir.dir,
-                    &a.node.node,
-                    a.kv_node.as_deref(),
-                    a.timeout,
-                )
-                .await?;
-                report(a.node.output, &a.node.node, "started", Some(pid))
+                let pid = start(dir, &a.node.node, a.kv_node.as_deref(), a.timeout).await?;
+                report(output, &a.node.node, "started", Some(pid));
             }
-            LocalCommand::Status(a) => {
-                let status = status(&a.dir.dir).await?;
-                match a.output {
+            LocalCommand::Status => {
+                let status = status(dir).await?;
+                match output {
                     Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
                     Format::Text => print!("{}", status.text()),
                 }
-                Ok(())
             }
         }
+        Ok(Outcome::Done)
     })
 }
 
-fn report(output: Format, node: &str, action: &str, pid: Option<u32>) -> anyhow::Result<()> {
+fn report(output: Format, node: &str, action: &str, pid: Option<u32>) {
     match output {
         Format::Json => println!(
             "{}",
@@ -226,7 +191,6 @@ fn report(output: Format, node: &str, action: &str, pid: Option<u32>) -> anyhow:
             None => println!("{node}: was not running"),
         },
     }
-    Ok(())
 }
 
 /// `40ms`, `2s`, `1m`, or a bare number of milliseconds.
@@ -310,7 +274,7 @@ pub async fn up(dir: &Path, shape: &ShapeArgs) -> anyhow::Result<ClusterFile> {
         .with_context(|| {
             format!(
                 "the cluster in {} did not form (its nodes keep running for inspection; \
-                 `kvctl local down --dir {}` stops them)",
+                 `kvctl --dir {} local down` stops them)",
                 dir.display(),
                 dir.display()
             )
@@ -335,14 +299,14 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
             .collect();
         if running.is_empty() {
             bail!(
-                "{} holds a stopped cluster: restart its nodes with `kvctl local start NODE --dir {}`, \
+                "{} holds a stopped cluster: restart its nodes with `kvctl --dir {} local start NODE`, \
                  or remove the directory for a new cluster",
                 dir.display(),
                 dir.display()
             );
         }
         bail!(
-            "{} has a running cluster ({}); stop it first with `kvctl local down --dir {}`",
+            "{} has a running cluster ({}); stop it first with `kvctl --dir {} local down`",
             dir.display(),
             running.join(", "),
             dir.display()
@@ -491,8 +455,8 @@ async fn signal_and_wait(
     Ok(pid)
 }
 
-/// Restarts a node with its config, and waits until it serves and every running node sees
-/// it UP.
+/// Restarts a node with its config, and waits until it serves and it and every running node
+/// see each other UP.
 pub async fn start(
     dir: &Path,
     id: &str,
@@ -527,14 +491,15 @@ pub async fn start(
             node.pid = Some(pid);
         }
     })?;
+    // The restarted node must also have heard of the others again: until it has, it may not
+    // know every DC its keyspaces name, and refuses requests.
     let cluster = ClusterFile::load(dir)?;
-    let node = cluster.node(id)?;
-    let observers: Vec<&NodeEntry> = cluster
+    let running: Vec<&NodeEntry> = cluster
         .nodes
         .iter()
         .filter(|n| process::is_running(n))
         .collect();
-    probe::wait_ready(&observers, &[node], timeout).await?;
+    probe::wait_ready(&running, &running, timeout).await?;
     Ok(pid)
 }
 

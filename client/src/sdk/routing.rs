@@ -200,6 +200,7 @@ mod tests {
             state: pb::NodeState::Normal as i32,
             liveness: liveness as i32,
             tokens: vec![encode_token(Token(token))],
+            load_bytes: None,
         }
     }
 
