@@ -392,7 +392,7 @@ pub fn status(args: StatusArgs, target: &Target, format: Format) -> anyhow::Resu
                                 "liveness": pb::Liveness::try_from(n.liveness).map_or("UNKNOWN", |l| l.as_str_name()),
                                 "state": pb::NodeState::try_from(n.state).map_or("UNKNOWN", |s| s.as_str_name()),
                                 "address": n.client_address,
-                                "load": Value::Null,
+                                "load_bytes": n.load_bytes,
                                 "tokens": n.tokens.len(),
                                 "owns_percent": owns.get(n.id.as_str()).map(|s| s * 100.0),
                                 "host_id": n.id,
@@ -428,7 +428,7 @@ pub fn status(args: StatusArgs, target: &Target, format: Format) -> anyhow::Resu
                         vec![
                             code(n),
                             n.client_address.clone(),
-                            "-".to_owned(),
+                            n.load_bytes.map_or_else(|| "-".to_owned(), human_bytes),
                             n.tokens.len().to_string(),
                             owns.get(n.id.as_str())
                                 .map_or_else(|| "-".to_owned(), |s| percent(*s)),
@@ -479,4 +479,32 @@ fn ownership(ring: &Ring, keyspace: Option<&str>) -> anyhow::Result<BTreeMap<Str
         }
     }
     Ok(owns)
+}
+
+/// Sizes as nodetool prints them: one decimal in the largest binary unit that fits.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_pick_the_largest_unit() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
 }
