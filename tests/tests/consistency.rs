@@ -506,3 +506,45 @@ async fn a_paused_replica_makes_an_all_write_time_out_with_the_acks_counted() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_succeeds_with_only_a_hint_and_the_hint_arrives() {
+    let cluster = Cluster::up(1, 2).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 1)]).await;
+    let mut key = String::new();
+    for i in 0..100 {
+        key = format!("any{i}");
+        if replicas_of(&mut c, &key).await == ["dc1-n2"] {
+            break;
+        }
+    }
+    assert_eq!(
+        replicas_of(&mut c, &key).await,
+        ["dc1-n2"],
+        "a key only dc1-n2 holds"
+    );
+    cluster.kill("dc1-n2").await;
+    wait_seen_down(&cluster, "dc1-n1", &["dc1-n2"]).await;
+
+    match put(&mut c, &key, "hinted", ConsistencyLevel::One).await {
+        Err(KvError::Unavailable(u)) => assert_eq!((u.required, u.alive), (1, 0)),
+        other => panic!("ONE with the only replica down: {other:?}"),
+    }
+    put(&mut c, &key, "hinted", ConsistencyLevel::Any)
+        .await
+        .expect("ANY is met by a hint alone");
+    cluster.start("dc1-n2").await;
+    cluster
+        .wait_until(
+            || {
+                let (mut c, key) = (c.clone(), key.clone());
+                async move {
+                    replica_values(&mut c, &key).await.get("dc1-n2") == Some(&Some("hinted".into()))
+                }
+            },
+            Duration::from_secs(30),
+            "the hint reaches dc1-n2",
+        )
+        .await;
+}

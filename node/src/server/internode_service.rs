@@ -187,6 +187,11 @@ impl Internode for InternodeService {
         let muts: Arc<Vec<Mutation>> = Arc::new(from_pb_mutations(r.mutations).map_err(status)?);
         let deadline = Instant::now() + Duration::from_millis(r.timeout_ms.into());
         let view = self.node.members.view();
+        let coordinator_dc = (r.sender.as_ref())
+            .and_then(|s| view.member(&s.node_id))
+            .map(|m| m.dc.clone())
+            .unwrap_or_default();
+        let back = self.node.peers.wan_delay(&coordinator_dc);
         let (tx, rx) = mpsc::channel(r.targets.len().max(1));
         for id in r.targets {
             let target = view.member(&id).map(|m| Target {
@@ -211,6 +216,7 @@ impl Internode for InternodeService {
                     node_id: id,
                     error: error.map(|e| e.to_pb()),
                 };
+                tokio::time::sleep(back).await;
                 let _ = tx.send(Ok(ack)).await;
             });
         }

@@ -256,15 +256,15 @@ impl Node {
             request.set_timeout(timeout);
             let mut client = (self.peers.client(&forwarder.address, Some(&forwarder.dc)))
                 .map_err(|e| ReplicaError::Failed(e.to_string()))?;
-            let delay = self.peers.wan_delay(&forwarder.dc);
-            tokio::time::sleep(delay).await;
+            // The way out is delayed here; the forwarder delays each ack on the way back, so
+            // acks arriving together are not serialised behind one another's delays.
+            tokio::time::sleep(self.peers.wan_delay(&forwarder.dc)).await;
             let mut stream = client
                 .forward_write(request)
                 .await
                 .map_err(from_status)?
                 .into_inner();
             while let Some(ack) = stream.message().await.map_err(from_status)? {
-                tokio::time::sleep(delay).await;
                 if let Some(pos) = pending.iter().position(|p| *p == ack.node_id) {
                     pending.swap_remove(pos);
                     on_ack(&ack.node_id, ack.error.is_none());
