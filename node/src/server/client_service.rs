@@ -10,7 +10,7 @@ use client::pb::v1::key_value_server::{KeyValue, KeyValueServer};
 use client::KvError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, cell_to_pb, check_key, check_value, keyspace_to_pb, read_value};
@@ -24,20 +24,11 @@ const ITEMS_MAX: usize = 1000;
 const PAGE_SIZE_DEFAULT: u32 = 100;
 const PAGE_SIZE_MAX: u32 = 10_000;
 
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let service = KeyValueServer::new(ClientService { node })
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "client server failed");
-    }
+    super::serve_grpc("client", Routes::new(service), listener, stop).await;
 }
 
 struct ClientService {

@@ -10,8 +10,9 @@ use client::pb::internode::v1::internode_server::{Internode, InternodeServer};
 use client::KvError;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use super::convert::{cell_to_pb, digest_from_pb, endpoint_from_pb, endpoint_to_pb};
@@ -24,22 +25,13 @@ use crate::lsm::Mutation;
 /// Most cells one ReplicaScan returns.
 const SCAN_LIMIT_MAX: u32 = 10_000;
 
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let service = InternodeServer::new(InternodeService { node })
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "internode server failed");
-    }
+    super::serve_grpc("internode", Routes::new(service), listener, stop).await;
 }
 
 struct InternodeService {
@@ -77,6 +69,17 @@ impl InternodeService {
         Ok(())
     }
 
+    async fn read(
+        &self,
+        sender: &Option<ipb::Sender>,
+        keyspace: &str,
+        key: &[u8],
+    ) -> Result<Option<crate::lsm::Cell>, Status> {
+        self.check_sender(sender)?;
+        super::convert::check_key(key, "key").map_err(status)?;
+        (self.node.read_local(keyspace, key).await).map_err(|e| Status::unavailable(e.to_string()))
+    }
+
     async fn apply(&self, keyspace: &str, muts: Vec<ipb::ReplicaMutation>) -> Result<(), Status> {
         let muts = from_pb_mutations(muts).map_err(status)?;
         (self.node.apply_local(keyspace, muts).await)
@@ -106,13 +109,7 @@ impl Internode for InternodeService {
         request: Request<ipb::ReplicaReadRequest>,
     ) -> Result<Response<ipb::ReplicaReadResponse>, Status> {
         let r = request.into_inner();
-        self.check_sender(&r.sender)?;
-        super::convert::check_key(&r.key, "key").map_err(status)?;
-        let cell = (self
-            .node
-            .read_local(&r.keyspace, super::storage::engine_key(&r.key))
-            .await)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let cell = self.read(&r.sender, &r.keyspace, &r.key).await?;
         Ok(Response::new(ipb::ReplicaReadResponse {
             cell: cell.as_ref().map(cell_to_pb),
         }))
@@ -123,13 +120,7 @@ impl Internode for InternodeService {
         request: Request<ipb::DigestReadRequest>,
     ) -> Result<Response<ipb::DigestReadResponse>, Status> {
         let r = request.into_inner();
-        self.check_sender(&r.sender)?;
-        super::convert::check_key(&r.key, "key").map_err(status)?;
-        let cell = (self
-            .node
-            .read_local(&r.keyspace, super::storage::engine_key(&r.key))
-            .await)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let cell = self.read(&r.sender, &r.keyspace, &r.key).await?;
         Ok(Response::new(ipb::DigestReadResponse {
             digest: digest(cell.as_ref()),
         }))

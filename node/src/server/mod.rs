@@ -212,6 +212,28 @@ impl Node {
     }
 }
 
+/// Serves gRPC `routes` on `listener` until `stop` turns, then lets in-flight calls finish.
+async fn serve_grpc(
+    what: &'static str,
+    routes: tonic::service::Routes,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop.changed().await;
+            },
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::error!(server = what, error = %e, "gRPC server failed");
+    }
+}
+
 impl RunningNode {
     /// Stops accepting requests, lets those in flight finish, stops gossip and hint replay,
     /// flushes every memtable and closes the engines.

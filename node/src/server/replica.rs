@@ -97,31 +97,39 @@ impl Node {
         t.id == self.me.0
     }
 
-    /// Applies `muts` on this node's storage, off the async runtime.
-    pub async fn apply_local(
+    /// Runs a storage call off the async runtime: the engine blocks on WAL group commit.
+    async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        keyspace: &str,
-        muts: Vec<Mutation>,
-    ) -> Result<(), ReplicaError> {
+        f: impl FnOnce(&Node) -> Result<T, super::storage::StorageError> + Send + 'static,
+    ) -> Result<T, ReplicaError> {
         let node = self.clone();
-        let keyspace = keyspace.to_owned();
-        tokio::task::spawn_blocking(move || node.storage.apply(&keyspace, muts))
+        tokio::task::spawn_blocking(move || f(&node))
             .await
             .map_err(|e| ReplicaError::Failed(e.to_string()))?
             .map_err(|e| ReplicaError::Failed(e.to_string()))
     }
 
+    /// Applies `muts` on this node's storage.
+    pub async fn apply_local(
+        self: &Arc<Self>,
+        keyspace: &str,
+        muts: Vec<Mutation>,
+    ) -> Result<(), ReplicaError> {
+        let keyspace = keyspace.to_owned();
+        self.blocking(move |n| n.storage.apply(&keyspace, muts))
+            .await
+    }
+
+    /// This node's raw cell of a user key.
     pub async fn read_local(
         self: &Arc<Self>,
         keyspace: &str,
-        key: Bytes,
+        user_key: &[u8],
     ) -> Result<Option<Cell>, ReplicaError> {
-        let node = self.clone();
         let keyspace = keyspace.to_owned();
-        tokio::task::spawn_blocking(move || node.storage.read(&keyspace, &key))
+        let key = super::storage::engine_key(user_key);
+        self.blocking(move |n| n.storage.read(&keyspace, &key))
             .await
-            .map_err(|e| ReplicaError::Failed(e.to_string()))?
-            .map_err(|e| ReplicaError::Failed(e.to_string()))
     }
 
     /// Writes `muts` to one replica.
@@ -182,9 +190,7 @@ impl Node {
         deadline: Instant,
     ) -> Result<ReadResponse, ReplicaError> {
         if self.is_local(t) {
-            let cell = self
-                .read_local(keyspace, super::storage::engine_key(key))
-                .await?;
+            let cell = self.read_local(keyspace, key).await?;
             return Ok(match want_digest {
                 true => ReadResponse::Digest(digest(cell.as_ref())),
                 false => ReadResponse::Data(cell),
