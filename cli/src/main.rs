@@ -9,6 +9,7 @@ mod errors;
 mod local;
 mod output;
 mod ring;
+mod topology_cmd;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,10 @@ enum Command {
     Status(admin::StatusArgs),
     /// The live ring (without a subcommand), or plan one offline (`ring plan`)
     Ring(ring::RingArgs),
+    /// Make a node leave: it streams its ranges to their new owners, then stops
+    Decommission(topology_cmd::DecommissionArgs),
+    /// Streams of topology changes on each node, with progress
+    Netstats(topology_cmd::NetstatsArgs),
     /// Run a cluster of kv-node processes on this machine (needs --dir)
     Local(local::LocalArgs),
     /// Start a 3-DC local cluster, show what consistency levels cost across DCs, and keep it
@@ -85,6 +90,8 @@ fn main() -> ExitCode {
         Command::Keyspace(command) => admin::keyspace(command, &target, format),
         Command::Inspect(args) => admin::inspect(args, &target, format),
         Command::Status(args) => admin::status(args, &target, format),
+        Command::Decommission(args) => topology_cmd::decommission(args, &target, format),
+        Command::Netstats(args) => topology_cmd::netstats(args, &target, format),
         Command::Local(args) => local::run(args, target.dir(), format),
         Command::Demo(args) => demo::run(args, target.dir()),
     };

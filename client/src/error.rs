@@ -60,7 +60,12 @@ impl KvError {
     /// The status a server returns for this error.
     pub fn into_status(self) -> Status {
         let code = self.code();
-        let message = self.to_string();
+        // The code travels beside the message; an untyped error's message is kept as it came
+        // so that it is not prefixed with its code again at every hop.
+        let message = match &self {
+            KvError::Other { message, .. } => message.clone(),
+            _ => self.to_string(),
+        };
         let detail = match self {
             KvError::Unavailable(d) => Some(pack(&d)),
             KvError::Timeout(d) => Some(pack(&d)),

@@ -835,6 +835,25 @@ impl KeyValue for FakeNode {
         self.answer(Ok(ring))
     }
 
+    async fn decommission(
+        &self,
+        _: Request<pb::DecommissionRequest>,
+    ) -> Result<Response<pb::DecommissionResponse>, Status> {
+        self.record("Decommission", None);
+        Err(Status::unimplemented("the fake cluster has no topology changes"))
+    }
+
+    async fn netstats(
+        &self,
+        _: Request<pb::NetstatsRequest>,
+    ) -> Result<Response<pb::NetstatsResponse>, Status> {
+        self.record("Netstats", None);
+        self.answer(Ok(pb::NetstatsResponse {
+            state: pb::NodeState::Normal as i32,
+            streams: Vec::new(),
+        }))
+    }
+
     async fn inspect(
         &self,
         request: Request<pb::InspectRequest>,

@@ -2,6 +2,7 @@
 //! per node (127.0.D.N), for trying the store out and for multi-process tests. Described in
 //! docs/local-clusters.md.
 
+mod add;
 pub mod layout;
 pub mod probe;
 pub mod process;
@@ -49,6 +50,28 @@ enum LocalCommand {
     Start(StartArgs),
     /// Show each node's process, addresses, health, and the ring as the first serving node sees it
     Status,
+    /// Add a node that joins the running cluster (balanced tokens, streams its ranges, then
+    /// serves), and wait until every node sees it NORMAL and UP
+    Add(AddArgs),
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// Its datacenter, e.g. dc1; the node is named dcD-nN after the DC's last node
+    #[arg(long)]
+    dc: String,
+    /// Its rack [default: the DC's least used rack]
+    #[arg(long)]
+    rack: Option<String>,
+    /// Replace this dead node (taking over its tokens) instead of joining with new ones
+    #[arg(long, value_name = "NODE")]
+    replace: Option<String>,
+    /// How long joining (streaming included) may take
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The kv-node binary [default: the one the cluster was started with]
+    #[arg(long, value_name = "PATH", env = process::KV_NODE_ENV)]
+    kv_node: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -167,6 +190,10 @@ pub fn run(args: LocalArgs, dir: Option<&Path>, output: Format) -> anyhow::Resul
             LocalCommand::Start(a) => {
                 let pid = start(dir, &a.node.node, a.kv_node.as_deref(), a.timeout).await?;
                 report(output, &a.node.node, "started", Some(pid));
+            }
+            LocalCommand::Add(a) => {
+                let node = add::add(dir, &a.dc, a.rack.as_deref(), a.replace.as_deref(), a.kv_node.as_deref(), a.timeout).await?;
+                report(output, &node.id, "joined", node.pid);
             }
             LocalCommand::Status => {
                 let status = status(dir).await?;

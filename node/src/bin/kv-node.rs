@@ -49,7 +49,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let running = Node::start(config).await?;
-    wait_for_stop_signal().await?;
+    tokio::select! {
+        r = wait_for_stop_signal() => r?,
+        _ = running.node.stop_requested() => tracing::info!("the node asked to stop"),
+    }
     running.shutdown().await?;
     Ok(())
 }

@@ -53,6 +53,10 @@ pub struct EndpointState {
     pub schema: Option<Versioned<Schema>>,
     pub load_bytes: Option<Versioned<u64>>,
     pub location: Option<Versioned<Location>>,
+    /// The dead node whose tokens this node takes over (replace); its ring entry yields to
+    /// this node's once this node is NORMAL.
+    #[serde(default)]
+    pub replacing: Option<Versioned<NodeId>>,
 }
 
 /// What merging one endpoint's state changed.
@@ -73,6 +77,7 @@ impl EndpointState {
             self.schema.as_ref().map(|v| v.version),
             self.load_bytes.as_ref().map(|v| v.version),
             self.location.as_ref().map(|v| v.version),
+            self.replacing.as_ref().map(|v| v.version),
         ]
         .into_iter()
         .flatten()
@@ -92,6 +97,7 @@ impl EndpointState {
             schema: newer(&self.schema, version),
             load_bytes: newer(&self.load_bytes, version),
             location: newer(&self.location, version),
+            replacing: newer(&self.replacing, version),
         }
     }
 
@@ -120,6 +126,7 @@ impl EndpointState {
             take(&mut self.schema, other.schema),
             take(&mut self.load_bytes, other.load_bytes),
             take(&mut self.location, other.location),
+            take(&mut self.replacing, other.replacing),
         ];
         let beat = other.heartbeat > self.heartbeat;
         self.heartbeat = self.heartbeat.max(other.heartbeat);
@@ -199,6 +206,7 @@ impl GossipState {
                 version: 2,
                 value: location,
             }),
+            replacing: None,
         };
         GossipState {
             endpoints: [(me.clone(), local)].into(),
@@ -261,6 +269,14 @@ impl GossipState {
         local.schema = Some(Versioned {
             version,
             value: schema,
+        });
+    }
+
+    pub fn set_replacing(&mut self, dead: NodeId) {
+        let (local, version) = self.local_mut();
+        local.replacing = Some(Versioned {
+            version,
+            value: dead,
         });
     }
 

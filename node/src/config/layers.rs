@@ -40,6 +40,12 @@ pub struct NodeArgs {
     /// Number of tokens this node owns
     #[arg(long, value_name = "N")]
     pub vnodes: Option<usize>,
+    /// Join a running cluster through the seeds (first start only)
+    #[arg(long)]
+    pub join: bool,
+    /// Replace this dead node, taking over its tokens (first start only)
+    #[arg(long, value_name = "NODE_ID")]
+    pub replace: Option<String>,
 }
 
 /// The variable naming the config file when `--config` is absent.
@@ -159,6 +165,10 @@ impl NodeArgs {
         replace(&mut config.listen.internode, &self.listen_internode);
         replace(&mut config.listen.http, &self.listen_http);
         replace(&mut config.vnodes, &self.vnodes);
+        config.join |= self.join;
+        if self.replace.is_some() {
+            config.replace = self.replace.clone();
+        }
         if let Some(seeds) = &self.seeds {
             config.seeds = split_list(seeds);
         }

@@ -40,6 +40,16 @@ pub struct NodeConfig {
     /// Exactly `vnodes` tokens, to place the node by hand; otherwise the node allocates them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_tokens: Option<Vec<Token>>,
+    /// On first start, join a running cluster: learn the ring from the seeds, choose balanced
+    /// tokens, stream this node's future ranges, then serve them. Ignored once the node has
+    /// data (a restart resumes an unfinished join instead).
+    pub join: bool,
+    /// On first start, take over the tokens of this dead node and stream its ranges from the
+    /// surviving replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+    /// Streaming bandwidth of topology changes, per stream; 0 leaves it unthrottled.
+    pub stream_throughput_mib_per_sec: u64,
     pub listen: Listen,
     pub engine: Engine,
     pub coordinator: Coordinator,
@@ -61,6 +71,9 @@ impl Default for NodeConfig {
             seeds: Vec::new(),
             vnodes: topology::DEFAULT_VNODES,
             initial_tokens: None,
+            join: false,
+            replace: None,
+            stream_throughput_mib_per_sec: 64,
             listen: Listen::default(),
             engine: Engine::default(),
             coordinator: Coordinator::default(),

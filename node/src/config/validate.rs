@@ -93,6 +93,26 @@ impl NodeConfig {
 
     fn validate_tokens(&self) -> Checked {
         check_range("vnodes", self.vnodes, 1..=VNODES_MAX)?;
+        if let Some(dead) = &self.replace {
+            check_name("replace", dead)?;
+            if *dead == self.node_id {
+                return Err(ConfigError::invalid("replace", "names this node itself"));
+            }
+            if self.join || self.initial_tokens.is_some() {
+                let reason = "takes the dead node's tokens; it excludes join and initial_tokens";
+                return Err(ConfigError::invalid("replace", reason));
+            }
+        }
+        if self.join && self.initial_tokens.is_some() {
+            let reason = "a joining node chooses balanced tokens; remove initial_tokens or join";
+            return Err(ConfigError::invalid("join", reason));
+        }
+        if self.join && self.seeds.is_empty() {
+            return Err(ConfigError::invalid(
+                "join",
+                "needs seeds to learn the cluster from",
+            ));
+        }
         let Some(tokens) = &self.initial_tokens else {
             return Ok(());
         };

@@ -8,6 +8,7 @@ use client::pb::internode::v1 as ipb;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::sync::watch;
+use topology::NodeState;
 
 use super::convert::{cell_to_pb, digest_from_pb, digest_to_pb, endpoint_from_pb, endpoint_to_pb};
 use super::Node;
@@ -135,14 +136,17 @@ impl Node {
             let now = self.clock.now_ms();
             let _ = tokio::task::spawn_blocking(move || node.hints.expire(now)).await;
             for target in self.hints.targets() {
-                if !self.members.is_alive(&target) {
+                let Some(to) = self.hint_recipient(&target).await else {
+                    continue;
+                };
+                if !self.members.is_alive(&to) {
                     continue;
                 }
                 let kib = self.config.hints.throttle_kib_per_sec;
                 let throttle = throttles
                     .entry(target.clone())
                     .or_insert_with(|| ReplayThrottle::new(kib, now));
-                let replay = self.replay_hints(&target, throttle);
+                let replay = self.replay_hints(&target, &to, throttle);
                 tokio::select! {
                     r = replay => if let Err(e) = r {
                         tracing::debug!(%target, error = %e, "hint replay paused");
@@ -153,13 +157,47 @@ impl Node {
         }
     }
 
-    /// Sends `target` its hints, oldest first, until none are left or a delivery fails.
+    /// Who gets `target`'s hints: itself; the node that replaced it (it took over exactly
+    /// its ranges); or nobody, when it left (its hints are dropped: the ranges were streamed
+    /// to their new owners).
+    async fn hint_recipient(self: &Arc<Self>, target: &str) -> Option<String> {
+        let view = self.members.view();
+        let replacement = (view.members.iter()).find(|(_, m)| {
+            m.status == NodeState::Normal
+                && m.replacing.as_ref().is_some_and(|d| d.as_str() == target)
+        });
+        if let Some((id, _)) = replacement {
+            return Some(id.0.clone());
+        }
+        if view
+            .member(target)
+            .is_some_and(|m| m.status == NodeState::Left)
+        {
+            let (node, t) = (self.clone(), target.to_owned());
+            match tokio::task::spawn_blocking(move || node.hints.drop_target(&t)).await {
+                Ok(Ok(dropped)) => {
+                    tracing::info!(%target, hints = dropped.count, "node left; its hints dropped")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%target, error = %e, "dropping a departed node's hints failed")
+                }
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "dropping a departed node's hints failed")
+                }
+            }
+            return None;
+        }
+        Some(target.to_owned())
+    }
+
+    /// Sends `target`'s hints to `to` (itself or its replacement), oldest first, until none are left or a delivery fails.
     async fn replay_hints(
         self: &Arc<Self>,
         target: &str,
+        to: &str,
         throttle: &mut ReplayThrottle,
     ) -> Result<(), Failed> {
-        let (address, dc) = (self.members.view().member(target))
+        let (address, dc) = (self.members.view().member(to))
             .map(|m| (m.addresses.internode.clone(), m.dc.clone()))
             .ok_or("target has no known address")?;
         loop {
@@ -182,7 +220,7 @@ impl Node {
             tokio::time::sleep(wait).await;
             let request = ipb::HintDeliverRequest {
                 sender: self.peers.sender(),
-                target_node_id: target.to_owned(),
+                target_node_id: to.to_owned(),
                 hints: (hints.iter())
                     .map(|h| ipb::Hint {
                         keyspace: h.write.keyspace.clone(),

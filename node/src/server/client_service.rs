@@ -311,8 +311,12 @@ impl ClientService {
 
     fn describe_ring_inner(&self) -> pb::DescribeRingResponse {
         let view = self.node.members.view();
+        let replaced: Vec<&topology::NodeId> = (view.members.values())
+            .filter(|m| m.status == topology::NodeState::Normal)
+            .filter_map(|m| m.replacing.as_ref())
+            .collect();
         let nodes = (view.members.iter())
-            .filter(|(_, m)| m.status != topology::NodeState::Left)
+            .filter(|(id, m)| m.status != topology::NodeState::Left && !replaced.contains(id))
             .map(|(id, m)| {
                 let liveness = match (
                     self.node.members.is_alive(id.as_str()),
@@ -330,7 +334,12 @@ impl ClientService {
                     internode_address: m.addresses.internode.clone(),
                     state: convert::node_state_to_pb(m.status) as i32,
                     liveness: liveness as i32,
-                    tokens: m.tokens.iter().map(|t| client::encode_token(*t)).collect(),
+                    // A replacement owns nothing until it is NORMAL: listing the dead node's
+                    // tokens twice would make clients' rings invalid.
+                    tokens: match (m.status, &m.replacing) {
+                        (topology::NodeState::Joining, Some(_)) => Vec::new(),
+                        _ => m.tokens.iter().map(|t| client::encode_token(*t)).collect(),
+                    },
                     load_bytes: m.load_bytes,
                 }
             })
@@ -446,6 +455,38 @@ impl KeyValue for ClientService {
         _request: Request<pb::DescribeRingRequest>,
     ) -> Reply<pb::DescribeRingResponse> {
         self.reply(Ok(self.describe_ring_inner()))
+    }
+
+    async fn decommission(
+        &self,
+        request: Request<pb::DecommissionRequest>,
+    ) -> Reply<pb::DecommissionResponse> {
+        let r = request.into_inner();
+        let result = if r.node_id != self.node.me.0 {
+            Err(KvError::invalid_argument(
+                "node_id",
+                format!("this is {}, not {}", self.node.me, r.node_id),
+            ))
+        } else {
+            self.node.decommission().await
+        };
+        self.reply(result)
+    }
+
+    async fn netstats(
+        &self,
+        _request: Request<pb::NetstatsRequest>,
+    ) -> Reply<pb::NetstatsResponse> {
+        let view = self.node.members.view();
+        let state = view
+            .member(&self.node.me.0)
+            .map_or(pb::NodeState::Unspecified, |m| {
+                convert::node_state_to_pb(m.status)
+            });
+        self.reply(Ok(pb::NetstatsResponse {
+            state: state as i32,
+            streams: self.node.streams.snapshot(),
+        }))
     }
 
     async fn inspect(&self, request: Request<pb::InspectRequest>) -> Reply<pb::InspectResponse> {

@@ -228,6 +228,13 @@ pub fn endpoint_to_pb(node: &NodeId, s: &EndpointState) -> ipb::EndpointState {
     if let Some(v) = &s.load_bytes {
         states.push(app_state(K::Load, v.version, Value::Number(v.value)));
     }
+    if let Some(v) = &s.replacing {
+        states.push(app_state(
+            K::Replacing,
+            v.version,
+            Value::Text(v.value.0.clone()),
+        ));
+    }
     if let Some(v) = &s.location {
         let l = &v.value;
         for (key, text) in [
@@ -270,6 +277,7 @@ pub fn endpoint_from_pb(e: ipb::EndpointState) -> Result<(NodeId, EndpointState)
         schema: None,
         load_bytes: None,
         location: None,
+        replacing: None,
     };
     let mut loc = LocationParts::default();
     for a in e.app_states {
@@ -295,6 +303,12 @@ pub fn endpoint_from_pb(e: ipb::EndpointState) -> Result<(NodeId, EndpointState)
                 s.schema = Some(Versioned {
                     version,
                     value: schema_from_pb(schema)?,
+                })
+            }
+            (K::Replacing, Some(Value::Text(t))) => {
+                s.replacing = Some(Versioned {
+                    version,
+                    value: NodeId(t),
                 })
             }
             (K::Load, Some(Value::Number(n))) => {

@@ -57,14 +57,31 @@ impl Node {
         cell: Cell,
         level: ConsistencyLevel,
     ) -> Result<(), KvError> {
-        let route = self.route(keyspace, &key)?;
-        let plan = WritePlan::new(
+        let mut route = self.route(keyspace, &key)?;
+        let pending = route
+            .view
+            .pending_targets(keyspace, topology::token_of(&key));
+        let pending_dcs = route.add_pending(&pending);
+        let mut plan = WritePlan::new(
             level,
             &route.layout,
             &route.coordinator,
             self.alive_fn(&route),
         )
         .map_err(|e| route.consistency_error(e, self.alive_fn(&route)))?;
+        // As Cassandra does: each pending replica adds one ack to what the level needs, so a
+        // write acknowledged mid-change is on enough of the replicas that own it afterwards.
+        for dc in pending_dcs {
+            if plan.requirement.counts(dc) {
+                plan.requirement.total += 1;
+            }
+            if let Some(e) = plan.requirement.per_dc.iter_mut().find(|e| e.0 == dc) {
+                e.1 += 1;
+            }
+        }
+        (plan.requirement)
+            .check_alive(&route.layout, self.alive_fn(&route))
+            .map_err(|u| route.consistency_error(u.into(), self.alive_fn(&route)))?;
         let muts = Arc::new(vec![Mutation {
             key: super::storage::engine_key(&key),
             cell,

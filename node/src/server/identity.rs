@@ -73,11 +73,24 @@ pub fn load_or_create(
     Ok(identity)
 }
 
+/// Records the tokens a joining or replacing node chose.
+pub fn save(config: &NodeConfig, identity: &Identity) -> Result<(), IdentityError> {
+    Ok(statefile::write(
+        &config.data_dir.join(FILE),
+        MAGIC,
+        identity,
+    )?)
+}
+
 /// The configured tokens, or random ones: a node started on its own has no ring to balance
 /// against (joining with a balanced allocation is the next step's work).
 fn initial_tokens(config: &NodeConfig, rng: &mut impl Rng) -> Vec<Token> {
     if let Some(t) = &config.initial_tokens {
         return t.clone();
+    }
+    // A joining or replacing node chooses its tokens once it has learned the ring.
+    if config.join || config.replace.is_some() {
+        return Vec::new();
     }
     let mut tokens: Vec<Token> = (0..config.vnodes).map(|_| Token(rng.gen())).collect();
     tokens.sort();

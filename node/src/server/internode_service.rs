@@ -283,10 +283,42 @@ impl Internode for InternodeService {
 
     async fn stream_ranges(
         &self,
-        _request: Request<ipb::StreamRangesRequest>,
+        request: Request<ipb::StreamRangesRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        Err(Status::unimplemented(
-            "range streaming arrives with join, decommission and replace",
-        ))
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let ranges = decode_ranges(&r.ranges)?;
+        let peer = r.sender.map(|s| s.node_id).unwrap_or_default();
+        let rx = self.node.serve_stream(r.keyspace, ranges, r.after, &peer);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn fetch_ranges(
+        &self,
+        request: Request<ipb::FetchRangesRequest>,
+    ) -> Result<Response<ipb::FetchRangesResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let ranges = decode_ranges(&r.ranges)?;
+        let (cells, bytes) = (self.node)
+            .fetch_ranges(&r.keyspace, &ranges, &r.source_node_id, r.session_id)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(ipb::FetchRangesResponse { cells, bytes }))
+    }
+}
+
+fn decode_ranges(
+    ranges: &[client::pb::v1::TokenRange],
+) -> Result<Vec<topology::TokenRange>, Status> {
+    (ranges.iter().enumerate())
+        .map(|(i, r)| {
+            client::decode_token_range(r).map_err(|(f, e)| {
+                status(KvError::invalid_argument(
+                    format!("ranges[{i}].{f}"),
+                    e.to_string(),
+                ))
+            })
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use topology::{NodeId, NodeState, Ring, RingState};
+use topology::{ChangePlan, NodeId, NodeIdx, NodeState, Ring, RingState, Token};
 
 use crate::cluster::gossip::{Ack, Ack2, Addresses, Digest, EndpointState, Location};
 use crate::cluster::{FailureDetector, GossipState, Hlc, MergeReport, PhiConfig, Schema};
@@ -20,6 +20,8 @@ pub struct Member {
     pub status: NodeState,
     pub tokens: Vec<topology::Token>,
     pub load_bytes: Option<u64>,
+    /// The dead node this one takes over.
+    pub replacing: Option<NodeId>,
 }
 
 /// A consistent snapshot for one request: the ring is built from exactly these members and
@@ -32,9 +34,42 @@ pub struct View {
     pub epoch: u64,
     pub schema: Schema,
     pub members: BTreeMap<NodeId, Member>,
+    /// While nodes are JOINING or LEAVING: what moves, and so which nodes must take writes
+    /// for ranges they do not own yet.
+    pub pending: Option<Arc<ChangePlan>>,
 }
 
 impl View {
+    /// Nodes that must also receive writes for `token` of `keyspace` while a change is under
+    /// way (joiners for the ranges they will own, new replicas of a leaver's ranges).
+    pub fn pending_targets(&self, keyspace: &str, token: Token) -> Vec<NodeIdx> {
+        let (Some(plan), Some(ring)) = (&self.pending, &self.ring) else {
+            return Vec::new();
+        };
+        let Some(ks) = plan.keyspace(keyspace) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for t in ks.transfers.iter().filter(|t| t.range.contains(token)) {
+            for s in &t.streams {
+                if let Some(n) = ring.find(s.target.as_str()) {
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A node in the middle of a topology change (JOINING, LEAVING, or replacing another),
+    /// other than `except`.
+    pub fn change_in_progress(&self, except: &str) -> Option<(&NodeId, &Member)> {
+        (self.members.iter()).find(|(id, m)| {
+            id.as_str() != except && matches!(m.status, NodeState::Joining | NodeState::Leaving)
+        })
+    }
+
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.get(&NodeId(id.to_owned()))
     }
@@ -85,6 +120,7 @@ impl Membership {
                 epoch: 0,
                 schema: Schema::default(),
                 members: BTreeMap::new(),
+                pending: None,
             })),
             rebuild: Mutex::new(()),
         };
@@ -128,6 +164,24 @@ impl Membership {
     /// What a SYN sends: a digest of every endpoint known.
     pub fn digests(&self) -> Vec<Digest> {
         self.state.lock().digest()
+    }
+
+    pub fn set_status(&self, status: NodeState) {
+        self.state.lock().set_status(status);
+        self.rebuild_view();
+    }
+
+    /// A joining (or replacing) node's tokens, published while it stays JOINING.
+    pub fn announce_joining(&self, tokens: Vec<Token>, replacing: Option<String>) {
+        {
+            let mut state = self.state.lock();
+            if let Some(dead) = replacing {
+                state.set_replacing(NodeId(dead));
+            }
+            state.set_tokens(tokens);
+            state.set_status(NodeState::Joining);
+        }
+        self.rebuild_view();
     }
 
     pub fn set_load_bytes(&self, bytes: u64) {
@@ -258,14 +312,21 @@ impl Membership {
             current.epoch
         };
         let reuse = !ring_changed && current.epoch != 0 && current.schema == schema;
-        let (ring, ring_error) = if reuse {
-            (current.ring.clone(), current.ring_error.clone())
+        let (ring, ring_error, pending) = if reuse {
+            (
+                current.ring.clone(),
+                current.ring_error.clone(),
+                current.pending.clone(),
+            )
         } else {
             match build_ring(&members, &schema, epoch) {
-                Ok(ring) => (Some(Arc::new(ring)), None),
+                Ok(ring) => {
+                    let pending = pending_plan(&ring);
+                    (Some(Arc::new(ring)), None, pending)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build the ring from gossip; keeping members without one");
-                    (None, Some(e))
+                    (None, Some(e), None)
                 }
             }
         };
@@ -275,7 +336,24 @@ impl Membership {
             epoch,
             schema,
             members,
+            pending,
         });
+    }
+}
+
+/// The moves under way in `ring`, if any node is JOINING or LEAVING.
+fn pending_plan(ring: &Ring) -> Option<Arc<ChangePlan>> {
+    let moving =
+        (ring.nodes().iter()).any(|n| matches!(n.state, NodeState::Joining | NodeState::Leaving));
+    if !moving {
+        return None;
+    }
+    match ChangePlan::settle(ring) {
+        Ok(plan) => Some(Arc::new(plan)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot plan the topology change under way");
+            None
+        }
     }
 }
 
@@ -296,6 +374,7 @@ fn member(s: &EndpointState) -> Option<Member> {
             .map(|t| t.value.clone())
             .unwrap_or_default(),
         load_bytes: s.load_bytes.as_ref().map(|l| l.value),
+        replacing: s.replacing.as_ref().map(|r| r.value.clone()),
     })
 }
 
@@ -327,8 +406,16 @@ fn build_ring(
             (name.to_owned(), topology::Keyspace { replication })
         })
         .collect();
+    // A replacement stays out of the ring until it is NORMAL; then it takes the dead node's
+    // place, and the dead node's entry goes.
+    let replaced: Vec<&NodeId> = (members.values())
+        .filter(|m| m.status == NodeState::Normal)
+        .filter_map(|m| m.replacing.as_ref())
+        .collect();
     let nodes = (members.iter())
         .filter(|(_, m)| !m.tokens.is_empty())
+        .filter(|(id, _)| !replaced.contains(id))
+        .filter(|(_, m)| m.replacing.is_none() || m.status != NodeState::Joining)
         .map(|(id, m)| topology::Node {
             id: id.clone(),
             address: m.addresses.internode.clone(),

@@ -19,6 +19,8 @@ mod scan;
 mod schema_ops;
 mod statefile;
 mod storage;
+mod streaming;
+mod topology_ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +81,11 @@ pub struct Node {
     rng: Mutex<StdRng>,
     /// Serialises this node's own schema changes, so two creates do not race on one version.
     schema_lock: tokio::sync::Mutex<()>,
+    /// Held while this node drives a topology change of its own.
+    change_lock: tokio::sync::Mutex<()>,
+    streams: streaming::Streams,
+    /// Set when the node itself decides to stop (it left the cluster, or cannot bootstrap).
+    stop_requested: watch::Sender<bool>,
 }
 
 /// A started node and the tasks that serve it.
@@ -113,7 +120,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         let listeners = bind(&config).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let node = {
+        let (node, bootstrap) = {
             let (config, clock) = (config.clone(), clock.clone());
             tokio::task::spawn_blocking(move || Node::open(config, clock)).await??
         };
@@ -132,10 +139,19 @@ impl Node {
             )),
             tokio::spawn(http::serve(node.clone(), listeners.http, stop_rx.clone())),
         ];
-        let loops = vec![
+        let mut loops = vec![
             tokio::spawn(node.clone().gossip_loop(stop_rx.clone())),
             tokio::spawn(node.clone().hint_loop(stop_rx.clone())),
         ];
+        if let Some(identity) = bootstrap {
+            let (node, mut stop) = (node.clone(), stop_rx.clone());
+            loops.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = node.bootstrap(identity) => {}
+                    _ = stop.changed() => {}
+                }
+            }));
+        }
         tracing::info!(
             node = %node.me, dc = %node.config.dc, rack = %node.config.rack,
             client = %node.config.listen.client, internode = %node.config.listen.internode,
@@ -150,7 +166,10 @@ impl Node {
     }
 
     /// The blocking part of start: files, engines, gossip state.
-    fn open(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
+    fn open(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Node, Option<identity::Identity>), StartError> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data.join("keyspaces")).map_err(|source| StartError::DataDir {
             path: data.clone(),
@@ -184,13 +203,19 @@ impl Node {
                 http: config.listen.http.to_string(),
             },
         };
-        let mut gossip =
-            GossipState::new(me.clone(), identity.generation, location, NodeState::Normal);
-        gossip.set_tokens(identity.tokens.clone());
+        let bootstrap = Node::needs_bootstrap(&config, &identity);
+        let status = match bootstrap {
+            true => NodeState::Joining,
+            false => NodeState::Normal,
+        };
+        let mut gossip = GossipState::new(me.clone(), identity.generation, location, status);
+        if !bootstrap {
+            gossip.set_tokens(identity.tokens.clone());
+        }
         gossip.set_schema(schema);
         let members =
             membership::Membership::new(gossip, config.phi_config(), clock.clone(), hlc.clone());
-        Ok(Node {
+        let node = Node {
             peers: peers::Peers::new(
                 &config.cluster_name,
                 &config.node_id,
@@ -207,8 +232,23 @@ impl Node {
             metrics: Metrics::default(),
             rng: Mutex::new(rng),
             schema_lock: tokio::sync::Mutex::new(()),
+            change_lock: tokio::sync::Mutex::new(()),
+            streams: streaming::Streams::default(),
+            stop_requested: watch::channel(false).0,
             config,
-        })
+        };
+        Ok((node, bootstrap.then_some(identity)))
+    }
+
+    /// Asks the process to stop, as SIGTERM would.
+    fn request_stop(&self) {
+        self.stop_requested.send_replace(true);
+    }
+
+    /// Resolves when the node asked to stop itself.
+    pub async fn stop_requested(&self) {
+        let mut rx = self.stop_requested.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
     }
 }
 

@@ -62,6 +62,27 @@ impl Route {
         })
     }
 
+    /// Adds pending replicas (nodes taking over ranges) as write targets in their DCs;
+    /// returns the layout index of the DC of each one added.
+    pub fn add_pending(&mut self, pending: &[NodeIdx]) -> Vec<usize> {
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let mut dcs = self.layout.dcs().to_vec();
+        let mut added = Vec::new();
+        for &n in pending {
+            let dc = &self.node(n).dc;
+            if let Some(i) = dcs.iter().position(|d| &d.dc == dc) {
+                if !dcs[i].replicas.contains(&n) {
+                    dcs[i].replicas.push(n);
+                    added.push(i);
+                }
+            }
+        }
+        self.layout = ReplicaLayout::new(dcs);
+        added
+    }
+
     pub fn node(&self, n: NodeIdx) -> &topology::Node {
         self.view.ring.as_ref().expect("a route has a ring").node(n)
     }
