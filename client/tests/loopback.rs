@@ -167,6 +167,20 @@ impl KeyValue for Fake {
         unimplemented()
     }
 
+    async fn decommission(
+        &self,
+        _: Request<client::pb::v1::DecommissionRequest>,
+    ) -> Result<Response<client::pb::v1::DecommissionResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn netstats(
+        &self,
+        _: Request<client::pb::v1::NetstatsRequest>,
+    ) -> Result<Response<client::pb::v1::NetstatsResponse>, Status> {
+        unimplemented()
+    }
+
     async fn inspect(
         &self,
         _: Request<InspectRequest>,
