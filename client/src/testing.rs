@@ -840,7 +840,9 @@ impl KeyValue for FakeNode {
         _: Request<pb::DecommissionRequest>,
     ) -> Result<Response<pb::DecommissionResponse>, Status> {
         self.record("Decommission", None);
-        Err(Status::unimplemented("the fake cluster has no topology changes"))
+        Err(Status::unimplemented(
+            "the fake cluster has no topology changes",
+        ))
     }
 
     async fn netstats(

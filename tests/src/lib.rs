@@ -24,6 +24,8 @@
 //! panic is how a test fails. When a test fails while a [`Cluster`] is alive, its drop prints
 //! the tail of every node's log and keeps the directory; it always stops the nodes.
 
+pub mod ops;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -419,6 +421,19 @@ impl Cluster {
             Duration::from_secs(45),
         )
         .await;
+    }
+
+    /// Adds a node to `dc` with `kvctl local add` (joining, or replacing the dead node
+    /// `replace`) and waits until every running node sees it NORMAL and UP; returns its id.
+    pub async fn add(&self, dc: &str, replace: Option<&str>) -> String {
+        let before: Vec<String> = self.nodes().into_iter().map(|n| n.id).collect();
+        let mut args = vec!["add", "--dc", dc, "--timeout", "90s"];
+        if let Some(dead) = replace {
+            args.extend(["--replace", dead]);
+        }
+        self.local(&args, Duration::from_secs(90)).await;
+        let added = self.nodes().into_iter().find(|n| !before.contains(&n.id));
+        added.expect("kvctl local add lists the new node").id
     }
 
     /// `kvctl local status -o json`.

@@ -3,106 +3,13 @@
 //! later through hints, read repair fixes a stale replica, acknowledged writes survive a crash,
 //! and bad requests are refused without writing anything.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use client::pb::v1::key_value_client::KeyValueClient;
-use client::pb::v1::{
-    self as pb, replica_cell, ConsistencyLevel, CreateKeyspaceRequest, DescribeRingRequest,
-    GetRequest, InspectRequest, Keyspace, Liveness, PutRequest,
-};
+use client::pb::v1::{self as pb, ConsistencyLevel, DescribeRingRequest, Liveness, PutRequest};
 use client::KvError;
+use cluster_tests::ops::{create_keyspace, get, put, replica_values, Client, Writers, KS};
 use cluster_tests::Cluster;
-use tonic::transport::Channel;
-
-type Client = KeyValueClient<Channel>;
-
-const KS: &str = "app";
-
-async fn create_keyspace(c: &mut Client, replication: &[(&str, u32)]) {
-    let replication: BTreeMap<String, u32> = replication
-        .iter()
-        .map(|(d, n)| (d.to_string(), *n))
-        .collect();
-    c.create_keyspace(CreateKeyspaceRequest {
-        keyspace: Some(Keyspace {
-            name: KS.into(),
-            replication,
-            schema_version: 0,
-        }),
-        if_not_exists: false,
-    })
-    .await
-    .expect("CreateKeyspace");
-}
-
-async fn put(
-    c: &mut Client,
-    key: &str,
-    value: &str,
-    level: ConsistencyLevel,
-) -> Result<u64, KvError> {
-    let r = c
-        .put(PutRequest {
-            keyspace: KS.into(),
-            consistency: level as i32,
-            key: key.as_bytes().to_vec().into(),
-            value: value.as_bytes().to_vec().into(),
-            timestamp: None,
-            ttl_ms: None,
-        })
-        .await;
-    r.map(|r| r.into_inner().timestamp)
-        .map_err(|s| KvError::from_status(&s))
-}
-
-async fn get(
-    c: &mut Client,
-    key: &str,
-    level: ConsistencyLevel,
-) -> Result<Option<String>, KvError> {
-    let r = c
-        .get(GetRequest {
-            keyspace: KS.into(),
-            consistency: level as i32,
-            key: key.as_bytes().to_vec().into(),
-        })
-        .await
-        .map_err(|s| KvError::from_status(&s))?;
-    Ok(r.into_inner()
-        .value
-        .map(|v| String::from_utf8_lossy(&v.value).into_owned()))
-}
-
-/// Each replica's own value of `key` by node id; None when it holds nothing or did not answer.
-async fn replica_values(c: &mut Client, key: &str) -> BTreeMap<String, Option<String>> {
-    let r = c
-        .inspect(InspectRequest {
-            keyspace: KS.into(),
-            key: key.as_bytes().to_vec().into(),
-        })
-        .await
-        .expect("Inspect")
-        .into_inner();
-    let mut out = BTreeMap::new();
-    for dc in r.dcs {
-        for replica in dc.replicas {
-            let value = match replica.outcome {
-                Some(replica_cell::Outcome::Cell(cell)) => match cell.content {
-                    Some(pb::cell::Content::Value(v)) => {
-                        Some(String::from_utf8_lossy(&v).into_owned())
-                    }
-                    _ => Some("<tombstone>".into()),
-                },
-                _ => None,
-            };
-            out.insert(replica.node_id, value);
-        }
-    }
-    out
-}
 
 async fn liveness(c: &mut Client, node: &str) -> Option<Liveness> {
     let ring = c
@@ -355,38 +262,14 @@ async fn acknowledged_quorum_writes_survive_a_sigkill_and_reach_the_node_by_hint
     let mut c = cluster.client("dc1-n1").await;
     create_keyspace(&mut c, &[("dc1", 3)]).await;
 
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..2 {
-        let mut c = cluster
-            .client(if w == 0 { "dc1-n1" } else { "dc1-n2" })
-            .await;
-        let (acked, stop) = (acked.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("w{w}-{i}");
-                if put(&mut c, &key, &key, ConsistencyLevel::Quorum)
-                    .await
-                    .is_ok()
-                {
-                    acked.lock().unwrap().push(key);
-                }
-                i += 1;
-            }
-        }));
-    }
-    let count = |n| {
-        let acked = acked.clone();
-        move || {
-            let acked = acked.clone();
-            async move { acked.lock().unwrap().len() >= n }
-        }
-    };
+    let writers = Writers::start(vec![
+        cluster.client("dc1-n1").await,
+        cluster.client("dc1-n2").await,
+    ]);
+    let w = &writers;
     cluster
         .wait_until(
-            count(100),
+            || async move { w.acked() >= 100 },
             Duration::from_secs(30),
             "100 acknowledged writes",
         )
@@ -394,18 +277,14 @@ async fn acknowledged_quorum_writes_survive_a_sigkill_and_reach_the_node_by_hint
     cluster.kill("dc1-n3").await;
     cluster
         .wait_until(
-            count(300),
+            || async move { w.acked() >= 300 },
             Duration::from_secs(30),
             "200 more writes with dc1-n3 dead",
         )
         .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.expect("writer task");
-    }
+    let keys = writers.finish().await;
     cluster.start("dc1-n3").await;
 
-    let keys = acked.lock().unwrap().clone();
     let mut n3 = cluster.client("dc1-n3").await;
     let last = keys.last().expect("writes were acknowledged").clone();
     cluster

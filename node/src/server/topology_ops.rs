@@ -271,7 +271,7 @@ impl Node {
     /// Waits until every live peer's DescribeRing shows this node matching `pred`, so every
     /// coordinator writes to it (or stops writing to it) before data moves. Bounded: after
     /// the wait, gossip finishes the job and the change goes on.
-    async fn wait_peers_see(&self, pred: impl Fn(&pb::RingNode) -> bool) {
+    async fn wait_peers_see(&self, pred: impl Fn(Option<&pb::RingNode>) -> bool) {
         let deadline = Instant::now() + AGREEMENT_WAIT;
         loop {
             let mut behind = Vec::new();
