@@ -74,7 +74,7 @@ impl Node {
             tokens = identity.tokens.len(),
             "announced JOINING; waiting for the cluster to see it"
         );
-        self.wait_peers_see(|n| n.state() == pb::NodeState::Joining)
+        self.wait_peers_see(|n| n.is_some_and(|n| n.state() == pb::NodeState::Joining))
             .await;
         let plan = self.bootstrap_plan(&identity.tokens)?;
         for (keyspace, source, ranges) in self.streams_to(&plan, &self.me) {
@@ -303,7 +303,7 @@ impl Node {
     async fn peer_sees_me(
         &self,
         client_address: &str,
-        pred: &impl Fn(&pb::RingNode) -> bool,
+        pred: &impl Fn(Option<&pb::RingNode>) -> bool,
     ) -> bool {
         let Ok(endpoint) =
             tonic::transport::Endpoint::from_shared(format!("http://{client_address}"))
@@ -320,12 +320,8 @@ impl Node {
                 .describe_ring(pb::DescribeRingRequest {})
                 .await
                 .ok()?;
-            let me = ring
-                .into_inner()
-                .nodes
-                .into_iter()
-                .find(|n| n.id == self.me.0)?;
-            Some(pred(&me))
+            let ring = ring.into_inner();
+            Some(pred(ring.nodes.iter().find(|n| n.id == self.me.0)))
         };
         tokio::time::timeout(Duration::from_secs(2), ask)
             .await
@@ -343,7 +339,7 @@ impl Node {
         self.check_decommission()?;
         self.members.set_status(NodeState::Leaving);
         tracing::info!("decommissioning: LEAVING");
-        self.wait_peers_see(|n| n.state() == pb::NodeState::Leaving)
+        self.wait_peers_see(|n| n.is_some_and(|n| n.state() == pb::NodeState::Leaving))
             .await;
         let view = self.members.view();
         let ring = view.ring.as_ref().ok_or_else(|| failed("no ring"))?;
@@ -373,7 +369,8 @@ impl Node {
             cells = summary.cells,
             "decommissioned: LEFT"
         );
-        self.wait_peers_see(|n| n.state() == pb::NodeState::Left)
+        // A peer that saw LEFT no longer lists the node at all.
+        self.wait_peers_see(|n| n.is_none_or(|n| n.state() == pb::NodeState::Left))
             .await;
         self.request_stop();
         Ok(summary)
