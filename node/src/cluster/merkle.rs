@@ -237,7 +237,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cells() -> impl Strategy<Value = Vec<(u128, Vec<u8>, u64, Option<Vec<u8>>)>> {
+    /// (token, user key, timestamp, value or tombstone)
+    type Item = (u128, Vec<u8>, u64, Option<Vec<u8>>);
+
+    fn cells() -> impl Strategy<Value = Vec<Item>> {
         proptest::collection::vec(
             (
                 any::<u128>(),
@@ -256,11 +259,7 @@ mod tests {
         }
     }
 
-    fn build(
-        shape: Shape,
-        items: &[(u128, Vec<u8>, u64, Option<Vec<u8>>)],
-        order: &[usize],
-    ) -> MerkleTree {
+    fn build(shape: Shape, items: &[Item], order: &[usize]) -> MerkleTree {
         let mut t = MerkleTree::new(shape);
         for &i in order {
             let (tok, k, ts, v) = &items[i];
