@@ -13,6 +13,7 @@ mod latency;
 mod membership;
 mod metrics;
 mod peers;
+mod repair;
 mod replica;
 mod route;
 mod scan;
@@ -77,6 +78,7 @@ pub struct Node {
     latencies: latency::Latencies,
     pub metrics: Metrics,
     rng: Mutex<StdRng>,
+    repairs: repair::Repairs,
     /// Serialises this node's own schema changes, so two creates do not race on one version.
     schema_lock: tokio::sync::Mutex<()>,
 }
@@ -135,6 +137,7 @@ impl Node {
         let loops = vec![
             tokio::spawn(node.clone().gossip_loop(stop_rx.clone())),
             tokio::spawn(node.clone().hint_loop(stop_rx.clone())),
+            tokio::spawn(node.clone().repair_loop(stop_rx.clone())),
         ];
         tracing::info!(
             node = %node.me, dc = %node.config.dc, rack = %node.config.rack,
@@ -190,6 +193,11 @@ impl Node {
         gossip.set_schema(schema);
         let members =
             membership::Membership::new(gossip, config.phi_config(), clock.clone(), hlc.clone());
+        let repairs = repair::Repairs::new(
+            repair::History::open(data)?,
+            config.repair.throughput_mib_per_sec,
+            clock.now_ms(),
+        );
         Ok(Node {
             peers: peers::Peers::new(
                 &config.cluster_name,
@@ -206,6 +214,7 @@ impl Node {
             latencies: latency::Latencies::default(),
             metrics: Metrics::default(),
             rng: Mutex::new(rng),
+            repairs,
             schema_lock: tokio::sync::Mutex::new(()),
             config,
         })
