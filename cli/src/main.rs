@@ -8,6 +8,7 @@ mod demo;
 mod errors;
 mod local;
 mod output;
+mod repair;
 mod ring;
 
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ enum Command {
     Inspect(admin::InspectArgs),
     /// The nodes of the cluster per DC, like `nodetool status`
     Status(admin::StatusArgs),
+    /// Compare replicas with Merkle trees and stream what differs (anti-entropy repair)
+    Repair(repair::RepairArgs),
     /// The live ring (without a subcommand), or plan one offline (`ring plan`)
     Ring(ring::RingArgs),
     /// Run a cluster of kv-node processes on this machine (needs --dir)
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Keyspace(command) => admin::keyspace(command, &target, format),
         Command::Inspect(args) => admin::inspect(args, &target, format),
         Command::Status(args) => admin::status(args, &target, format),
+        Command::Repair(args) => repair::run(args, &target, format),
         Command::Local(args) => local::run(args, target.dir(), format),
         Command::Demo(args) => demo::run(args, target.dir()),
     };
