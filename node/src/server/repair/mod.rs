@@ -614,12 +614,14 @@ impl Node {
                 o = self.repair_range(&job) => o,
                 _ = stop.changed() => return,
             };
-            tracing::info!(
-                keyspace = %job.keyspace, range = %job.range,
-                differing = outcome.sub_ranges_differing,
-                cells_pushed = outcome.cells_pushed, error = %outcome.error,
-                "background repair of a range"
-            );
+            if outcome.sub_ranges_differing > 0 || !outcome.error.is_empty() {
+                tracing::info!(
+                    keyspace = %job.keyspace, range = %job.range,
+                    differing = outcome.sub_ranges_differing,
+                    cells_pushed = outcome.cells_pushed, error = %outcome.error,
+                    "background repair of a range"
+                );
+            }
         }
     }
 
