@@ -136,6 +136,18 @@ async fn repair_json(cluster: &Cluster) -> Value {
     serde_json::from_str(&out.stdout).expect("kvctl repair -o json prints JSON")
 }
 
+/// How many (node, keyspace) pairs `kvctl status` warns about.
+async fn status_warnings(cluster: &Cluster) -> usize {
+    let out = kvctl(
+        &["--dir", cluster.dir_arg(), "-o", "json", "status"],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(out.success, "kvctl status failed: {}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    v["repair_warnings"].as_array().map_or(0, Vec::len)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_repair_makes_every_replica_hold_the_merge() {
     let (cluster, mut c) = diverged_cluster(
@@ -143,10 +155,21 @@ async fn kvctl_repair_makes_every_replica_hold_the_merge() {
             "hints.enabled=false",
             "repair.enabled=false",
             "repair.merkle_depth=8",
+            // A grace period short enough for `kvctl status` to warn within the test.
+            "hints.window_ms=1000",
+            "repair.gc_grace_ms=4000",
         ],
         true,
     )
     .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while status_warnings(&cluster).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kvctl status never warned"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let first = repair_json(&cluster).await;
     let s = &first["summary"];
@@ -178,6 +201,8 @@ async fn kvctl_repair_makes_every_replica_hold_the_merge() {
         assert_eq!(range["replicas"].as_array().unwrap().len(), 3, "{range}");
         assert_eq!(range["complete"], true, "{range}");
     }
+
+    assert_eq!(status_warnings(&cluster).await, 0);
 
     // Every replica recorded the complete repairs: status shows nothing overdue.
     let status = c
