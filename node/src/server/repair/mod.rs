@@ -259,6 +259,17 @@ impl Node {
                 return out;
             }
         };
+        if job.replicas.len() == 1 && job.replicas[0].id == self.me.0 && job.recordable {
+            // A single replica agrees with itself; recording it lets its tombstones be purged.
+            out.replicas.push(pb::ReplicaRoot {
+                node_id: self.me.0.clone(),
+                ..pb::ReplicaRoot::default()
+            });
+            out.complete = true;
+            self.metrics.repairs_completed.add(1);
+            self.announce_repair(job, started_at_ms).await;
+            return out;
+        }
         let purge_before = self.purge_before_ms(&job.keyspace, job.schema_version);
         let trees = futures_util::future::join_all(
             (job.replicas.iter())
@@ -550,7 +561,7 @@ impl Node {
             };
             for i in 0..ring.tokens().len() {
                 let set = placement.replicas_of_range(i);
-                if set.indices().first() != Some(&me) || set.len() < 2 {
+                if set.indices().first() != Some(&me) {
                     continue;
                 }
                 if !set
