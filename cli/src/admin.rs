@@ -338,14 +338,15 @@ pub fn status(args: StatusArgs, target: &Target, format: Format) -> anyhow::Resu
     let keyspace = args
         .keyspace
         .or_else(|| std::env::var("KV_KEYSPACE").ok().filter(|k| !k.is_empty()));
-    let (ring, ks) = block_on(async {
+    let (ring, ks, warnings) = block_on(async {
         let client = target.connect().await?;
         let ring = client.describe_ring().await?;
         let ks = match &keyspace {
             Some(name) => Some(client.describe_keyspace(name).await?),
             None => None,
         };
-        Ok((ring, ks))
+        let warnings = repair_warnings(&ring).await;
+        Ok((ring, ks, warnings))
     })?;
     let mut state = client::sdk::ring_state(&ring).context("the ring has a malformed token")?;
     if let Some(k) = &ks {
@@ -408,6 +409,14 @@ pub fn status(args: StatusArgs, target: &Target, format: Format) -> anyhow::Resu
                 "keyspace": keyspace,
                 "owns": if keyspace.is_some() { "effective" } else { "tokens" },
                 "dcs": dcs,
+                "repair_warnings": warnings.iter().map(|w| json!({
+                    "node": w.node,
+                    "keyspace": w.status.keyspace,
+                    "ranges": w.status.ranges,
+                    "ranges_overdue": w.status.ranges_overdue,
+                    "oldest_repair_ms": w.status.oldest_repair_ms,
+                    "gc_grace_ms": w.gc_grace_ms,
+                })).collect::<Vec<_>>(),
             }));
         }
         Format::Text => {
@@ -453,9 +462,85 @@ pub fn status(args: StatusArgs, target: &Target, format: Format) -> anyhow::Resu
                     )
                 );
             }
+            for w in &warnings {
+                println!(
+                    "\nWARNING: {}: keyspace {}: {} of {} ranges not repaired within the tombstone \
+                     grace period ({}); run `kvctl repair -k {}` before deleted data can come back",
+                    w.node,
+                    w.status.keyspace,
+                    w.status.ranges_overdue,
+                    w.status.ranges,
+                    human_ms(w.gc_grace_ms),
+                    w.status.keyspace
+                );
+            }
         }
     }
     Ok(Outcome::Done)
+}
+
+/// A keyspace whose ranges on one node have gone unrepaired for longer than the grace period.
+struct RepairWarning {
+    node: String,
+    gc_grace_ms: u64,
+    status: pb::KeyspaceRepairStatus,
+}
+
+/// Asks every up node for its repair history; a node that does not answer (down, or too old
+/// to know RepairStatus) is skipped: status must not fail for it.
+async fn repair_warnings(ring: &pb::DescribeRingResponse) -> Vec<RepairWarning> {
+    let calls = (ring.nodes.iter())
+        .filter(|n| n.liveness == pb::Liveness::Up as i32)
+        .map(|n| async move {
+            let call = async {
+                let mut c = pb::key_value_client::KeyValueClient::connect(format!(
+                    "http://{}",
+                    n.client_address
+                ))
+                .await
+                .ok()?;
+                c.repair_status(pb::RepairStatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(2), call)
+                .await
+                .ok()
+                .flatten()
+        });
+    let mut out = Vec::new();
+    for r in futures_join(calls).await.into_iter().flatten() {
+        for k in r.keyspaces {
+            if k.ranges_overdue > 0 {
+                out.push(RepairWarning {
+                    node: r.node_id.clone(),
+                    gc_grace_ms: r.gc_grace_ms,
+                    status: k,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs futures one after another: a handful of nodes, each bounded by its timeout.
+async fn futures_join<F: std::future::Future>(calls: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(c.await);
+    }
+    out
+}
+
+/// A duration for people, in its largest whole unit.
+fn human_ms(ms: u64) -> String {
+    const DAY: u64 = 24 * 3600 * 1000;
+    match ms {
+        m if m % DAY == 0 => format!("{}d", m / DAY),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m => format!("{}s", m / 1000),
+    }
 }
 
 /// Each node's share of the ring: effective (replicas counted, a DC summing to its RF) for a

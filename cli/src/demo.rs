@@ -107,6 +107,7 @@ async fn demo(args: DemoArgs, dir: Option<&Path>) -> anyhow::Result<()> {
         cluster_name: "demo".to_owned(),
         kv_node: args.kv_node.clone(),
         timeout: args.timeout,
+        set: Vec::new(),
     };
     // From here the guard owns the temporary directory, so that on a panic it stops the nodes
     // before the directory goes.

@@ -8,6 +8,7 @@ mod demo;
 mod errors;
 mod local;
 mod output;
+mod repair;
 mod ring;
 mod topology_cmd;
 
@@ -56,6 +57,8 @@ enum Command {
     Inspect(admin::InspectArgs),
     /// The nodes of the cluster per DC, like `nodetool status`
     Status(admin::StatusArgs),
+    /// Compare replicas with Merkle trees and stream what differs (anti-entropy repair)
+    Repair(repair::RepairArgs),
     /// The live ring (without a subcommand), or plan one offline (`ring plan`)
     Ring(ring::RingArgs),
     /// Make a node leave: it streams its ranges to their new owners, then stops
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Status(args) => admin::status(args, &target, format),
         Command::Decommission(args) => topology_cmd::decommission(args, &target, format),
         Command::Netstats(args) => topology_cmd::netstats(args, &target, format),
+        Command::Repair(args) => repair::run(args, &target, format),
         Command::Local(args) => local::run(args, target.dir(), format),
         Command::Demo(args) => demo::run(args, target.dir()),
     };

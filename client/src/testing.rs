@@ -864,4 +864,22 @@ impl KeyValue for FakeNode {
         self.record("Inspect", Some(&r.key));
         self.answer(self.inspect(r))
     }
+
+    type RepairStream = tonic::codegen::BoxStream<pb::RepairProgress>;
+
+    async fn repair(
+        &self,
+        _: Request<pb::RepairRequest>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        Err(Status::unimplemented("the fake node does not repair"))
+    }
+
+    async fn repair_status(
+        &self,
+        _: Request<pb::RepairStatusRequest>,
+    ) -> Result<Response<pb::RepairStatusResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake node keeps no repair history",
+        ))
+    }
 }

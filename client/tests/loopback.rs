@@ -187,6 +187,22 @@ impl KeyValue for Fake {
     ) -> Result<Response<InspectResponse>, Status> {
         unimplemented()
     }
+
+    type RepairStream = tonic::codegen::BoxStream<RepairProgress>;
+
+    async fn repair(
+        &self,
+        _: Request<RepairRequest>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        unimplemented()
+    }
+
+    async fn repair_status(
+        &self,
+        _: Request<RepairStatusRequest>,
+    ) -> Result<Response<RepairStatusResponse>, Status> {
+        unimplemented()
+    }
 }
 
 struct Running {

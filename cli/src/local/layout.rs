@@ -231,6 +231,50 @@ pub fn node_toml(
     ))
 }
 
+/// `section.key=value` from `--set`: the value as TOML, or as a string when it is not TOML.
+pub fn parse_setting(text: &str) -> Result<(String, toml::Value), String> {
+    let (key, raw) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE (e.g. hints.enabled=false)"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!(
+            "{key:?} is not a setting name such as repair.enabled"
+        ));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+/// A node.toml with `settings` written over it; the node validates the result when it starts.
+pub fn with_settings(config: &str, settings: &[(String, toml::Value)]) -> anyhow::Result<String> {
+    if settings.is_empty() {
+        return Ok(config.to_owned());
+    }
+    let mut root: toml::Table = toml::from_str(config).context("the generated config")?;
+    for (key, value) in settings {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().expect("split yields one part");
+        let mut table = &mut root;
+        for part in parts {
+            let entry = table
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .with_context(|| format!("--set {key}: {part} is not a section"))?;
+        }
+        table.insert(last.to_owned(), value.clone());
+    }
+    let body = toml::to_string(&root).context("cannot write the node's config")?;
+    Ok(format!(
+        "# Written by `kvctl local up`; fields are described in docs/configuration.md.\n{body}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +289,23 @@ mod tests {
             port_base: 9042,
             wan_latency_ms: Some(40),
         }
+    }
+
+    #[test]
+    fn settings_are_written_into_sections() {
+        let base = "a = 1\n[hints]\nenabled = true\n";
+        let set = [
+            parse_setting("hints.enabled=false").unwrap(),
+            parse_setting("repair.interval_ms=500").unwrap(),
+            parse_setting("repair.tombstone_gc=grace").unwrap(),
+        ];
+        let out: toml::Value = toml::from_str(&with_settings(base, &set).unwrap()).unwrap();
+        assert_eq!(out["hints"]["enabled"].as_bool(), Some(false));
+        assert_eq!(out["repair"]["interval_ms"].as_integer(), Some(500));
+        assert_eq!(out["repair"]["tombstone_gc"].as_str(), Some("grace"));
+        assert!(parse_setting("nokey").is_err());
+        assert!(parse_setting("a..b=1").is_err());
+        assert!(with_settings(base, &[parse_setting("a.b=1").unwrap()]).is_err());
     }
 
     #[test]

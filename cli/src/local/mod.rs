@@ -104,6 +104,11 @@ pub struct ShapeArgs {
     /// How long to wait for the cluster to form
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_READY_TIMEOUT, value_parser = parse_duration)]
     pub timeout: Duration,
+    /// A node setting written into every node.toml, e.g. hints.enabled=false or
+    /// repair.interval_ms=500; repeatable. Values are TOML (true, 500, "text"); anything else
+    /// is taken as a string
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = layout::parse_setting)]
+    pub set: Vec<(String, toml::Value)>,
 }
 
 #[derive(Args)]
@@ -273,6 +278,7 @@ pub async fn up(dir: &Path, shape: &ShapeArgs) -> anyhow::Result<ClusterFile> {
         fs::create_dir_all(entry.dir.join("data"))
             .with_context(|| format!("cannot create {}", entry.dir.display()))?;
         let config = layout::node_toml(&spec, node, &seeds, &entry.dir)?;
+        let config = layout::with_settings(&config, &shape.set)?;
         fs::write(entry.config_path(), config)
             .with_context(|| format!("cannot write {}", entry.config_path().display()))?;
         cluster.nodes.push(entry);

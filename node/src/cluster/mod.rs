@@ -9,6 +9,7 @@ pub mod consistency;
 pub mod gossip;
 pub mod hints;
 pub mod hlc;
+pub mod merkle;
 pub mod phi;
 pub mod quorum;
 pub mod resolve;

@@ -1,6 +1,6 @@
 //! What the node builds from a configuration: engine options, failure detector settings.
 
-use super::{CompactionConfig, CompressionConfig, NodeConfig, SyncConfig};
+use super::{CompactionConfig, CompressionConfig, NodeConfig, SyncConfig, TombstoneGc};
 use crate::cluster::PhiConfig;
 use crate::lsm::{CompactionStrategy, Compression, Options, SyncPolicy};
 
@@ -19,7 +19,18 @@ impl NodeConfig {
             row_cache_bytes: e.row_cache_bytes.as_usize(),
             compaction: e.compaction.strategy(),
             compaction_bytes_per_sec: e.compaction_throughput_mib_per_sec.saturating_mul(MIB),
+            gc_grace_ms: self.engine_gc_grace_ms(),
             ..Options::default()
+        }
+    }
+
+    /// Under repair-tied GC an engine purges nothing until the repair history sets its
+    /// horizon: a grace of "forever" closes the gap between opening an engine and the first
+    /// horizon update, in which the engine's own default would purge by age.
+    fn engine_gc_grace_ms(&self) -> u64 {
+        match self.repair.tombstone_gc {
+            TombstoneGc::Repair => u64::MAX,
+            TombstoneGc::Grace => self.repair.gc_grace_ms,
         }
     }
 

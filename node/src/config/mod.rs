@@ -55,6 +55,7 @@ pub struct NodeConfig {
     pub coordinator: Coordinator,
     pub hints: Hints,
     pub gossip: Gossip,
+    pub repair: Repair,
     /// Simulated one-way delay added to internode messages sent to each named remote DC
     /// (`kvctl demo --wan-latency`), so that LOCAL_ and EACH_ levels feel different on loopback.
     pub wan_latency_ms: BTreeMap<String, u64>,
@@ -79,6 +80,7 @@ impl Default for NodeConfig {
             coordinator: Coordinator::default(),
             hints: Hints::default(),
             gossip: Gossip::default(),
+            repair: Repair::default(),
             wan_latency_ms: BTreeMap::new(),
         }
     }
@@ -337,4 +339,46 @@ impl Default for Gossip {
             acceptable_pause_ms: 7_000,
         }
     }
+}
+
+/// Anti-entropy repair (docs/repair.md): the background loop, its pace, and how tombstone
+/// purging is tied to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Repair {
+    /// Repair the ranges this node is primary for, one at a time, in the background.
+    pub enabled: bool,
+    /// Pause between two background range repairs.
+    pub interval_ms: u64,
+    /// Bytes a repair streams (pulled plus pushed) per second; 0 leaves it unthrottled.
+    pub throughput_mib_per_sec: u64,
+    /// Merkle leaves per range are 2^depth.
+    pub merkle_depth: u8,
+    /// What lets a tombstone be purged: `repair` (only once a complete repair of every range
+    /// the node replicates started after it) or `grace` (once older than `gc_grace_ms`,
+    /// Cassandra's rule, which loses deletes when repair falls behind).
+    pub tombstone_gc: TombstoneGc,
+    /// The grace period: the purge age under `grace`, and the repair age past which
+    /// `kvctl status` warns.
+    pub gc_grace_ms: u64,
+}
+
+impl Default for Repair {
+    fn default() -> Self {
+        Repair {
+            enabled: true,
+            interval_ms: 60_000,
+            throughput_mib_per_sec: 16,
+            merkle_depth: crate::cluster::merkle::DEFAULT_DEPTH,
+            tombstone_gc: TombstoneGc::Repair,
+            gc_grace_ms: 10 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TombstoneGc {
+    Repair,
+    Grace,
 }

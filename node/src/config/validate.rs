@@ -24,6 +24,9 @@ const GOSSIP_INTERVAL_MS: RangeInclusive<u64> = 10..=5_000;
 const PHI_THRESHOLD: RangeInclusive<f64> = 1.0..=16.0;
 const ACCEPTABLE_PAUSE_MS_MAX: u64 = 60 * 1000;
 const WAN_LATENCY_MS_MAX: u64 = 10 * 1000;
+/// A pause of at least 10 ms keeps a tight test loop from starving requests; a day between
+/// ranges is already too slow to finish a ring within the grace period.
+const REPAIR_INTERVAL_MS: RangeInclusive<u64> = 10..=24 * 3600 * 1000;
 
 type Checked = Result<(), ConfigError>;
 
@@ -38,6 +41,7 @@ impl NodeConfig {
         self.validate_coordinator()?;
         self.validate_hints()?;
         self.validate_gossip()?;
+        self.validate_repair()?;
         self.validate_wan_latency()
     }
 
@@ -166,6 +170,27 @@ impl NodeConfig {
             return Err(ConfigError::invalid(
                 "hints.bytes_max_per_target",
                 "must be positive; set hints.enabled = false to store no hints",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_repair(&self) -> Checked {
+        let r = &self.repair;
+        check_range("repair.interval_ms", r.interval_ms, REPAIR_INTERVAL_MS)?;
+        check_range(
+            "repair.merkle_depth",
+            r.merkle_depth,
+            0..=crate::cluster::merkle::MAX_DEPTH,
+        )?;
+        if r.gc_grace_ms <= self.hints.window_ms {
+            return Err(ConfigError::invalid(
+                "repair.gc_grace_ms",
+                format!(
+                    "must exceed hints.window_ms ({}): a hint replayed after its tombstone was \
+                     purged would bring deleted data back",
+                    self.hints.window_ms
+                ),
             ));
         }
         Ok(())

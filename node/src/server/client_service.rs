@@ -23,6 +23,8 @@ use crate::lsm::Cell;
 const ITEMS_MAX: usize = 1000;
 const PAGE_SIZE_DEFAULT: u32 = 100;
 const PAGE_SIZE_MAX: u32 = 10_000;
+/// Range reports queued for a slow client before the repair waits for it.
+const REPAIR_PROGRESS_QUEUE: usize = 16;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let service = KeyValueServer::new(ClientService { node })
@@ -492,5 +494,25 @@ impl KeyValue for ClientService {
     async fn inspect(&self, request: Request<pb::InspectRequest>) -> Reply<pb::InspectResponse> {
         let r = self.inspect_inner(request.into_inner()).await;
         self.reply(r)
+    }
+
+    type RepairStream = tonic::codegen::BoxStream<pb::RepairProgress>;
+
+    async fn repair(&self, request: Request<pb::RepairRequest>) -> Reply<Self::RepairStream> {
+        let jobs = match self.node.plan_repair(&request.into_inner()) {
+            Ok(jobs) => jobs,
+            Err(e) => return self.reply(Err(e)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(REPAIR_PROGRESS_QUEUE);
+        tokio::spawn(self.node.clone().run_repair(jobs, tx));
+        let stream: Self::RepairStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        self.reply(Ok(stream))
+    }
+
+    async fn repair_status(
+        &self,
+        _request: Request<pb::RepairStatusRequest>,
+    ) -> Reply<pb::RepairStatusResponse> {
+        self.reply(Ok(self.node.repair_status()))
     }
 }

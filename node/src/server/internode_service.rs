@@ -42,6 +42,16 @@ fn status(e: KvError) -> Status {
     e.into_status()
 }
 
+fn decode_range(range: Option<client::pb::v1::TokenRange>) -> Result<topology::TokenRange, Status> {
+    let range = range.ok_or_else(|| status(KvError::invalid_argument("range", "missing")))?;
+    client::decode_token_range(&range).map_err(|(f, e)| {
+        status(KvError::invalid_argument(
+            format!("range.{f}"),
+            e.to_string(),
+        ))
+    })
+}
+
 fn failed(message: String) -> Status {
     Status::failed_precondition(message)
 }
@@ -305,6 +315,43 @@ impl Internode for InternodeService {
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(ipb::FetchRangesResponse { cells, bytes }))
+    }
+
+    async fn merkle_tree(
+        &self,
+        request: Request<ipb::MerkleTreeRequest>,
+    ) -> Result<Response<ipb::MerkleTreeResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let range = decode_range(r.range)?;
+        let depth = u8::try_from(r.depth).unwrap_or(u8::MAX);
+        let shape = crate::cluster::merkle::Shape::new(range.start.0, range.end.0, depth)
+            .map_err(|e| status(KvError::invalid_argument("depth", e.to_string())))?;
+        let tree = (self
+            .node
+            .build_tree(&r.keyspace, range, shape, r.purge_before_ms)
+            .await)
+            .map_err(status)?;
+        let (leaves, leaves_checksum) = crate::cluster::merkle::encode_leaves(tree.leaves());
+        Ok(Response::new(ipb::MerkleTreeResponse {
+            leaves: leaves.into(),
+            leaves_checksum,
+            root: tree.root(),
+        }))
+    }
+
+    async fn repair_completed(
+        &self,
+        request: Request<ipb::RepairCompletedRequest>,
+    ) -> Result<Response<ipb::RepairCompletedResponse>, Status> {
+        let r = request.into_inner();
+        self.check_sender(&r.sender)?;
+        let range = decode_range(r.range)?;
+        (self.node)
+            .record_repair(&r.keyspace, r.schema_version, range, r.started_at_ms)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ipb::RepairCompletedResponse {}))
     }
 }
 

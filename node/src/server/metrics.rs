@@ -25,10 +25,13 @@ pub struct Metrics {
     pub speculative_retries: Counter,
     pub hints_stored: Counter,
     pub hints_replayed: Counter,
+    pub repairs_completed: Counter,
+    pub repair_ranges_differing: Counter,
+    pub repair_bytes_streamed: Counter,
 }
 
 impl Metrics {
-    fn counters(&self) -> [(&'static str, &'static str, &Counter); 7] {
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); 10] {
         [
             (
                 "kv_client_reads_total",
@@ -64,6 +67,21 @@ impl Metrics {
                 "kv_hints_replayed_total",
                 "hints delivered to their replica",
                 &self.hints_replayed,
+            ),
+            (
+                "kv_repairs_completed_total",
+                "range repairs this node coordinated in which every replica took part",
+                &self.repairs_completed,
+            ),
+            (
+                "kv_repair_ranges_differing_total",
+                "range repairs that found replicas' Merkle trees differing",
+                &self.repair_ranges_differing,
+            ),
+            (
+                "kv_repair_bytes_streamed_total",
+                "bytes of cells repair read from and wrote to replicas",
+                &self.repair_bytes_streamed,
             ),
         ]
     }

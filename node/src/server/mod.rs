@@ -13,6 +13,7 @@ mod latency;
 mod membership;
 mod metrics;
 mod peers;
+mod repair;
 mod replica;
 mod route;
 mod scan;
@@ -79,6 +80,7 @@ pub struct Node {
     latencies: latency::Latencies,
     pub metrics: Metrics,
     rng: Mutex<StdRng>,
+    repairs: repair::Repairs,
     /// Serialises this node's own schema changes, so two creates do not race on one version.
     schema_lock: tokio::sync::Mutex<()>,
     /// Held while this node drives a topology change of its own.
@@ -142,6 +144,7 @@ impl Node {
         let mut loops = vec![
             tokio::spawn(node.clone().gossip_loop(stop_rx.clone())),
             tokio::spawn(node.clone().hint_loop(stop_rx.clone())),
+            tokio::spawn(node.clone().repair_loop(stop_rx.clone())),
         ];
         if let Some(identity) = bootstrap {
             let (node, mut stop) = (node.clone(), stop_rx.clone());
@@ -215,6 +218,11 @@ impl Node {
         gossip.set_schema(schema);
         let members =
             membership::Membership::new(gossip, config.phi_config(), clock.clone(), hlc.clone());
+        let repairs = repair::Repairs::new(
+            repair::History::open(data)?,
+            config.repair.throughput_mib_per_sec,
+            clock.now_ms(),
+        );
         let node = Node {
             peers: peers::Peers::new(
                 &config.cluster_name,
@@ -231,6 +239,7 @@ impl Node {
             latencies: latency::Latencies::default(),
             metrics: Metrics::default(),
             rng: Mutex::new(rng),
+            repairs,
             schema_lock: tokio::sync::Mutex::new(()),
             change_lock: tokio::sync::Mutex::new(()),
             streams: streaming::Streams::default(),

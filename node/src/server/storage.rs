@@ -177,6 +177,39 @@ impl Storage {
         Ok(ScanPage { cells, exhausted })
     }
 
+    /// Calls `f` with every cell of the engine keys in the bounds, in key order, without
+    /// holding them all; returns how many it visited. Blocking.
+    pub fn visit(
+        &self,
+        keyspace: &str,
+        from: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        mut f: impl FnMut(&[u8], &Cell),
+    ) -> Result<u64, StorageError> {
+        let db = self.db(keyspace)?;
+        let scan = db
+            .scan(as_ref(&from), as_ref(&end))
+            .map_err(Self::engine_err(keyspace))?;
+        let mut n = 0;
+        for item in scan {
+            let (key, cell) = item.map_err(Self::engine_err(keyspace))?;
+            f(&key, &cell);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Sets the wall-clock time before which the keyspace's engine may purge deletions
+    /// (`None`: the engine's own grace rule).
+    pub fn set_gc_horizon_ms(
+        &self,
+        keyspace: &str,
+        horizon_ms: Option<u64>,
+    ) -> Result<(), StorageError> {
+        self.db(keyspace)?.set_gc_horizon_ms(horizon_ms);
+        Ok(())
+    }
+
     /// Bytes on disk under the keyspaces' directories, for the gossiped load.
     pub fn load_bytes(&self) -> u64 {
         let dbs: Vec<Arc<Db>> = self
