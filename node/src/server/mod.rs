@@ -17,6 +17,7 @@ mod replica;
 mod route;
 mod scan;
 mod schema_ops;
+mod seeds;
 mod statefile;
 mod storage;
 
@@ -37,6 +38,7 @@ use crate::config::NodeConfig;
 use crate::lsm::{Clock, SystemClock};
 
 pub use metrics::Metrics;
+pub use seeds::{Answer, HickoryResolver, LookupError, SeedResolver, SrvTarget};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,7 @@ pub struct Node {
     hints: HintStore,
     members: membership::Membership,
     peers: peers::Peers,
+    seeds: seeds::SeedAddresses,
     latencies: latency::Latencies,
     pub metrics: Metrics,
     rng: Mutex<StdRng>,
@@ -109,13 +112,22 @@ async fn bind(config: &NodeConfig) -> Result<Listeners, StartError> {
 }
 
 impl Node {
-    /// Opens the node's storage, binds its ports and starts serving and gossiping.
+    /// Opens the node's storage, binds its ports and starts serving and gossiping; seed names
+    /// are looked up through the system's DNS configuration.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+        Node::start_with(config, Arc::new(HickoryResolver::from_system())).await
+    }
+
+    /// [`Node::start`] with seed names looked up through `resolver`.
+    pub async fn start_with(
+        config: NodeConfig,
+        resolver: Arc<dyn SeedResolver>,
+    ) -> Result<RunningNode, StartError> {
         let listeners = bind(&config).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let node = {
             let (config, clock) = (config.clone(), clock.clone());
-            tokio::task::spawn_blocking(move || Node::open(config, clock)).await??
+            tokio::task::spawn_blocking(move || Node::open(config, clock, resolver)).await??
         };
         let node = Arc::new(node);
         let (stop, stop_rx) = watch::channel(false);
@@ -150,7 +162,11 @@ impl Node {
     }
 
     /// The blocking part of start: files, engines, gossip state.
-    fn open(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
+    fn open(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        resolver: Arc<dyn SeedResolver>,
+    ) -> Result<Node, StartError> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data.join("keyspaces")).map_err(|source| StartError::DataDir {
             path: data.clone(),
@@ -197,6 +213,7 @@ impl Node {
                 &config.dc,
                 config.wan_latency_ms.clone(),
             ),
+            seeds: seeds::SeedAddresses::new(&config.seeds, config.listen.internode, resolver),
             me,
             clock,
             hlc,
