@@ -212,6 +212,7 @@ impl Node {
                 &config.node_id,
                 &config.dc,
                 config.wan_latency_ms.clone(),
+                config.listen.internode.ip(),
             ),
             seeds: seeds::SeedAddresses::new(&config.seeds, config.listen.internode, resolver),
             me,
