@@ -5,6 +5,7 @@
 mod convert;
 mod error;
 mod layers;
+mod seed;
 mod size;
 mod validate;
 
@@ -20,6 +21,7 @@ use topology::Token;
 
 pub use error::ConfigError;
 pub use layers::{env_vars, NodeArgs, CONFIG_ENV_VAR};
+pub use seed::Seed;
 pub use size::{ByteSize, ParseByteSizeError};
 
 /// Everything a kv-node needs to start. Sections mirror the TOML tables.
@@ -33,8 +35,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub dc: String,
     pub rack: String,
-    /// Internode addresses (`host:port`) of nodes to learn the cluster from. Kept as strings:
-    /// DNS names are resolved on every gossip round, so a replaced seed is found again.
+    /// Internode addresses of nodes to learn the cluster from: `IP:port`, `[v6]:port`,
+    /// `name:port` or an SRV name ([`Seed`]). Kept as strings: names are resolved again when
+    /// their records expire, so a replaced seed is found again.
     pub seeds: Vec<String>,
     pub vnodes: usize,
     /// Exactly `vnodes` tokens, to place the node by hand; otherwise the node allocates them.

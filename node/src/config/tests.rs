@@ -284,6 +284,16 @@ fn every_validation_error_names_its_field() {
         ),
         (|c| c.seeds = vec![":7000".into()], "seeds[0]", "neither"),
         (
+            |c| c.seeds = vec!["_kv._tcp.example.internal:7000".into()],
+            "seeds[0]",
+            "is an SRV name, whose records give the ports: drop \":7000\"",
+        ),
+        (
+            |c| c.seeds = vec!["_kv._tcp.-bad.example".into()],
+            "seeds[0]",
+            "neither an IP address nor a DNS name",
+        ),
+        (
             |c| c.seeds = vec!["a.example:7000".into(), "A.example:7000".into()],
             "seeds[1]",
             "listed twice",
@@ -432,12 +442,33 @@ fn seeds_accept_ips_and_dns_names() {
             "kv-1.dc2.example.com.:7000",
             "kv_node1:7000",
             "localhost:1",
+            "_kv._tcp.example.internal",
         ]
         .map(String::from)
         .to_vec(),
         ..NodeConfig::default()
     };
     config.validate().unwrap();
+}
+
+#[test]
+fn seeds_parse_into_addresses_names_and_srv_names() {
+    let v4 = Seed::Addr("10.0.1.7:7000".parse().unwrap());
+    assert_eq!(Seed::parse("10.0.1.7:7000"), Ok(v4));
+    let v6 = Seed::Addr("[fd00::7]:7000".parse().unwrap());
+    assert_eq!(Seed::parse("[fd00::7]:7000"), Ok(v6));
+    let host = Seed::Host {
+        name: "kv-1.example.com".into(),
+        port: 7000,
+    };
+    assert_eq!(Seed::parse("kv-1.example.com:7000"), Ok(host));
+    let srv = Seed::Srv {
+        name: "_kv._tcp.example.internal".into(),
+    };
+    assert_eq!(Seed::parse("_kv._tcp.example.internal"), Ok(srv));
+    // A leading underscore alone is a host name (container runtimes use them), not SRV.
+    let err = Seed::parse("_kv.example.internal").unwrap_err();
+    assert!(err.contains("no port"), "{err}");
 }
 
 #[test]

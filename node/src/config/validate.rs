@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 use std::fmt::Display;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
-use super::{ConfigError, NodeConfig};
+use super::{ConfigError, NodeConfig, Seed};
 use crate::lsm;
 
 /// Names appear in replication specs (`dc1:3,dc2:3`), file names and metric labels.
@@ -82,7 +82,7 @@ impl NodeConfig {
         let mut seen = HashSet::new();
         for (i, seed) in self.seeds.iter().enumerate() {
             let field = format!("seeds[{i}]");
-            check_host_port(seed).map_err(|why| {
+            Seed::parse(seed).map_err(|why| {
                 ConfigError::invalid(&field, format!("{seed:?} is not host:port ({why})"))
             })?;
             if !seen.insert(seed.to_ascii_lowercase()) {
@@ -270,47 +270,4 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// Syntax only: names are resolved when the node gossips, not when it starts.
-fn check_host_port(text: &str) -> Result<(), String> {
-    let (host, port) = text.rsplit_once(':').ok_or("no port")?;
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
-    }
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6
-            .parse::<Ipv6Addr>()
-            .map(drop)
-            .map_err(|_| format!("{v6:?} is not an IPv6 address"));
-    }
-    if host.contains(':') {
-        return Err("an IPv6 address needs brackets, as in [::1]:7000".into());
-    }
-    if host.parse::<Ipv4Addr>().is_ok() {
-        return Ok(());
-    }
-    check_dns_name(host)
-}
-
-/// RFC 1123 names, plus '_' (container runtimes name services with it and resolvers accept
-/// it). A name whose last label is all digits is a mistyped IPv4 address.
-fn check_dns_name(host: &str) -> Result<(), String> {
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let label_ok = |l: &str| {
-        (1..=63).contains(&l.len())
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    let numeric_tld = name
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    if name.len() > 253 || numeric_tld || !name.split('.').all(label_ok) {
-        return Err(format!("{host:?} is neither an IP address nor a DNS name"));
-    }
-    Ok(())
 }

@@ -45,21 +45,24 @@ impl Node {
             }
             round += 1;
             self.members.start_round();
-            for addr in self.gossip_targets() {
+            let (targets, want_seed) = self.gossip_targets();
+            for addr in targets.iter().cloned() {
                 let node = self.clone();
                 tokio::spawn(async move { node.gossip_with(addr).await });
+            }
+            if want_seed {
+                tokio::spawn(self.clone().gossip_with_seed(targets));
             }
         }
     }
 
-    /// One random live peer; sometimes a down one, so its return is noticed; and a seed when
-    /// few peers are known, so partitioned views merge again.
-    fn gossip_targets(&self) -> Vec<String> {
+    /// One random live peer; sometimes a down one, so its return is noticed; and whether to
+    /// add a seed, when few peers are known, so partitioned views merge again (seed names are
+    /// resolved in the seed's own task, so a slow DNS server never delays the round).
+    fn gossip_targets(&self) -> (Vec<String>, bool) {
         let peers = self.members.peers();
         let live: Vec<&String> = peers.iter().filter(|p| p.2).map(|p| &p.1).collect();
         let down: Vec<&String> = peers.iter().filter(|p| !p.2).map(|p| &p.1).collect();
-        let own = self.config.listen.internode.to_string();
-        let seeds: Vec<&String> = self.config.seeds.iter().filter(|s| **s != own).collect();
         let mut rng = self.rng.lock();
         let mut out: Vec<String> = Vec::with_capacity(3);
         if let Some(p) = live.choose(&mut *rng) {
@@ -68,15 +71,9 @@ impl Node {
         if !down.is_empty() && rng.gen_range(0..=live.len()) < down.len() {
             out.extend(down.choose(&mut *rng).map(|p| (*p).clone()));
         }
-        let want_seed = live.is_empty() || rng.gen_range(0..=live.len()) < seeds.len();
-        if want_seed {
-            if let Some(s) = seeds.choose(&mut *rng) {
-                if !out.contains(s) {
-                    out.push((*s).clone());
-                }
-            }
-        }
-        out
+        let seeds = self.seeds.len();
+        let want_seed = seeds > 0 && (live.is_empty() || rng.gen_range(0..=live.len()) < seeds);
+        (out, want_seed)
     }
 
     /// One SYN / ACK / ACK2 exchange with the node at `addr`; failures are normal (the peer

@@ -18,6 +18,7 @@ mod replica;
 mod route;
 mod scan;
 mod schema_ops;
+mod seeds;
 mod statefile;
 mod storage;
 mod streaming;
@@ -40,6 +41,7 @@ use crate::config::NodeConfig;
 use crate::lsm::{Clock, SystemClock};
 
 pub use metrics::Metrics;
+pub use seeds::{Answer, HickoryResolver, LookupError, SeedResolver, SrvTarget};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,7 @@ pub struct Node {
     hints: HintStore,
     members: membership::Membership,
     peers: peers::Peers,
+    seeds: seeds::SeedAddresses,
     latencies: latency::Latencies,
     pub metrics: Metrics,
     rng: Mutex<StdRng>,
@@ -118,13 +121,22 @@ async fn bind(config: &NodeConfig) -> Result<Listeners, StartError> {
 }
 
 impl Node {
-    /// Opens the node's storage, binds its ports and starts serving and gossiping.
+    /// Opens the node's storage, binds its ports and starts serving and gossiping; seed names
+    /// are looked up through the system's DNS configuration.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+        Node::start_with(config, Arc::new(HickoryResolver::from_system())).await
+    }
+
+    /// [`Node::start`] with seed names looked up through `resolver`.
+    pub async fn start_with(
+        config: NodeConfig,
+        resolver: Arc<dyn SeedResolver>,
+    ) -> Result<RunningNode, StartError> {
         let listeners = bind(&config).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let (node, bootstrap) = {
             let (config, clock) = (config.clone(), clock.clone());
-            tokio::task::spawn_blocking(move || Node::open(config, clock)).await??
+            tokio::task::spawn_blocking(move || Node::open(config, clock, resolver)).await??
         };
         let node = Arc::new(node);
         let (stop, stop_rx) = watch::channel(false);
@@ -172,6 +184,7 @@ impl Node {
     fn open(
         config: NodeConfig,
         clock: Arc<dyn Clock>,
+        resolver: Arc<dyn SeedResolver>,
     ) -> Result<(Node, Option<identity::Identity>), StartError> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data.join("keyspaces")).map_err(|source| StartError::DataDir {
@@ -229,7 +242,9 @@ impl Node {
                 &config.node_id,
                 &config.dc,
                 config.wan_latency_ms.clone(),
+                config.listen.internode.ip(),
             ),
+            seeds: seeds::SeedAddresses::new(&config.seeds, config.listen.internode, resolver),
             me,
             clock,
             hlc,

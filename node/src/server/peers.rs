@@ -3,6 +3,7 @@
 //! towards remote DCs that `kvctl demo --wan-latency` asks for.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use client::pb::internode::v1::internode_client::InternodeClient;
@@ -26,16 +27,29 @@ pub struct Peers {
     dc: String,
     channels: DashMap<String, Internode>,
     wan_latency_ms: BTreeMap<String, u64>,
+    /// Connections leave from the internode listen address, so a peer (and a firewall rule
+    /// cutting DCs apart, on loopback where every address would otherwise send as 127.0.0.1)
+    /// sees the node's own address.
+    local_ip: Option<IpAddr>,
 }
 
 impl Peers {
-    pub fn new(cluster: &str, me: &str, dc: &str, wan_latency_ms: BTreeMap<String, u64>) -> Peers {
+    /// `listen_ip` is the internode listen address; unspecified (0.0.0.0) leaves the source
+    /// address to the routing table.
+    pub fn new(
+        cluster: &str,
+        me: &str,
+        dc: &str,
+        wan_latency_ms: BTreeMap<String, u64>,
+        listen_ip: IpAddr,
+    ) -> Peers {
         Peers {
             cluster: cluster.to_owned(),
             me: me.to_owned(),
             dc: dc.to_owned(),
             channels: DashMap::new(),
             wan_latency_ms,
+            local_ip: Some(listen_ip).filter(|ip| !ip.is_unspecified()),
         }
     }
 
@@ -62,6 +76,7 @@ impl Peers {
         }
         let channel = Endpoint::from_shared(format!("http://{address}"))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .local_address(self.local_ip)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
