@@ -189,11 +189,10 @@ impl Node {
                 (self.clone(), tx.clone(), muts.clone(), keyspace.to_owned());
             let target = self.target(route, n);
             tokio::spawn(async move {
-                let ok = node
-                    .write_replica(&target, &ks, muts, deadline)
-                    .await
-                    .is_ok();
-                let _ = tx.send((n, ok)).await;
+                let outcome = node.write_replica(&target, &ks, muts, deadline).await;
+                if let Some(ok) = counted(outcome) {
+                    let _ = tx.send((n, ok)).await;
+                }
             });
         }
         for (_, nodes) in &plan.remote {
@@ -204,16 +203,15 @@ impl Node {
             tokio::spawn(async move {
                 let forwarder = targets[0].1.clone();
                 let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
-                let mut results = Vec::with_capacity(targets.len());
-                node.forward_write(&forwarder, &only, &ks, muts, deadline, |id, ok| {
-                    if let Some((n, _)) = targets.iter().find(|(_, t)| t.id == id) {
-                        results.push((*n, ok));
+                // The channel holds one message per contacted replica, so try_send never
+                // finds it full; acks are counted as they stream in, not when all are in.
+                node.forward_write(&forwarder, &only, &ks, muts, deadline, |id, outcome| {
+                    let n = targets.iter().find(|(_, t)| t.id == id).map(|(n, _)| *n);
+                    if let (Some(n), Some(ok)) = (n, counted(outcome)) {
+                        let _ = tx.try_send((n, ok));
                     }
                 })
                 .await;
-                for r in results {
-                    let _ = tx.send(r).await;
-                }
             });
         }
     }
@@ -442,6 +440,16 @@ impl Node {
                 let _ = node.write_replica(&t, &ks, muts.clone(), deadline).await;
             }
         });
+    }
+}
+
+/// Whether a replica's answer counts as an ack or a failure; a timeout is neither, so the
+/// request's own deadline decides and the client gets TIMEOUT rather than a failure.
+fn counted(outcome: Result<(), super::replica::ReplicaError>) -> Option<bool> {
+    match outcome {
+        Ok(()) => Some(true),
+        Err(super::replica::ReplicaError::Timeout) => None,
+        Err(super::replica::ReplicaError::Failed(_)) => Some(false),
     }
 }
 

@@ -238,8 +238,8 @@ impl Node {
     }
 
     /// Asks a forwarder in another DC to write `muts` to `targets` there; calls `on_ack` with
-    /// each target's outcome as it streams back, and with a failure for every target the
-    /// stream did not report.
+    /// each target's outcome as it streams back, and for every target the stream did not
+    /// report (a timeout when the deadline passed first).
     pub async fn forward_write(
         self: &Arc<Self>,
         forwarder: &Target,
@@ -247,7 +247,7 @@ impl Node {
         keyspace: &str,
         muts: Arc<Vec<Mutation>>,
         deadline: Instant,
-        mut on_ack: impl FnMut(&str, bool),
+        mut on_ack: impl FnMut(&str, Result<(), ReplicaError>),
     ) {
         let mut pending: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let result = async {
@@ -273,17 +273,28 @@ impl Node {
             while let Some(ack) = stream.message().await.map_err(from_status)? {
                 if let Some(pos) = pending.iter().position(|p| *p == ack.node_id) {
                     pending.swap_remove(pos);
-                    on_ack(&ack.node_id, ack.error.is_none());
+                    let outcome = match &ack.error {
+                        None => Ok(()),
+                        Some(e) if e.code == tonic::Code::DeadlineExceeded as i32 => {
+                            Err(ReplicaError::Timeout)
+                        }
+                        Some(e) => Err(ReplicaError::Failed(e.message.clone())),
+                    };
+                    on_ack(&ack.node_id, outcome);
                 }
             }
             Ok::<(), ReplicaError>(())
         };
-        let outcome = tokio::time::timeout_at(deadline.into(), result).await;
-        if let Ok(Err(e)) = &outcome {
-            tracing::debug!(forwarder = %forwarder.id, error = %e, "forwarded write failed");
-        }
+        let unreported = match tokio::time::timeout_at(deadline.into(), result).await {
+            Err(_) => ReplicaError::Timeout,
+            Ok(Err(e)) => {
+                tracing::debug!(forwarder = %forwarder.id, error = %e, "forwarded write failed");
+                e
+            }
+            Ok(Ok(())) => ReplicaError::Failed("the forwarder did not report it".into()),
+        };
         for id in pending {
-            on_ack(id, false);
+            on_ack(id, Err(unreported.clone()));
         }
     }
 }
