@@ -1,4 +1,4 @@
-//! Topology commands: `decommission` and `netstats`.
+//! Topology commands: `decommission`, `cleanup` and `netstats`.
 
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ use crate::Outcome;
 pub struct DecommissionArgs {
     /// The node that leaves, by host id (e.g. dc1-n4)
     node: String,
+}
+
+#[derive(Args)]
+pub struct CleanupArgs {
+    /// The node to clean up [default: every node, one at a time]
+    node: Option<String>,
 }
 
 #[derive(Args)]
@@ -73,6 +79,44 @@ pub fn decommission(
                 "{} left the cluster: {} ranges handed over, {} cells streamed; the process has stopped",
                 args.node, response.ranges, response.cells
             ),
+        }
+        Ok(Outcome::Done)
+    })
+}
+
+pub fn cleanup(args: CleanupArgs, target: &Target, format: Format) -> anyhow::Result<Outcome> {
+    block_on(async {
+        let client = target.connect().await?;
+        let ring = client.describe_ring().await?;
+        let nodes: Vec<&pb::RingNode> = (ring.nodes.iter())
+            .filter(|n| args.node.as_ref().is_none_or(|want| *want == n.id))
+            .collect();
+        if nodes.is_empty() {
+            anyhow::bail!("no node {:?} in the ring", args.node.unwrap_or_default());
+        }
+        let mut docs = Vec::new();
+        for n in nodes {
+            let mut c = direct(&n.client_address).await?;
+            let r = c
+                .cleanup(pb::CleanupRequest {
+                    node_id: n.id.clone(),
+                })
+                .await
+                .map_err(|s| client::KvError::from_status(&s))
+                .with_context(|| format!("cleanup of {} refused or failed", n.id))?
+                .into_inner();
+            if format == Format::Text {
+                println!(
+                    "{}: kept {} cells, removed {} it no longer replicates",
+                    n.id, r.cells_kept, r.cells_removed
+                );
+            }
+            docs.push(
+                json!({"node": n.id, "cells_kept": r.cells_kept, "cells_removed": r.cells_removed}),
+            );
+        }
+        if format == Format::Json {
+            print_json(&json!({ "nodes": docs }));
         }
         Ok(Outcome::Done)
     })

@@ -845,6 +845,16 @@ impl KeyValue for FakeNode {
         ))
     }
 
+    async fn cleanup(
+        &self,
+        _: Request<pb::CleanupRequest>,
+    ) -> Result<Response<pb::CleanupResponse>, Status> {
+        self.record("Cleanup", None);
+        Err(Status::unimplemented(
+            "the fake cluster has no topology changes",
+        ))
+    }
+
     async fn netstats(
         &self,
         _: Request<pb::NetstatsRequest>,

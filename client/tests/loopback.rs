@@ -174,6 +174,13 @@ impl KeyValue for Fake {
         unimplemented()
     }
 
+    async fn cleanup(
+        &self,
+        _: Request<client::pb::v1::CleanupRequest>,
+    ) -> Result<Response<client::pb::v1::CleanupResponse>, Status> {
+        unimplemented()
+    }
+
     async fn netstats(
         &self,
         _: Request<client::pb::v1::NetstatsRequest>,

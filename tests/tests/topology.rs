@@ -71,6 +71,7 @@ async fn a_node_joins_under_quorum_load_without_losing_writes() {
     let load = writers(&cluster, &["dc1-n1", "dc1-n2"]).await;
     wait_acked(&cluster, &load, 200, "200 writes before the join").await;
 
+    let acked_before_join = load.acked();
     let joined = cluster.add("dc1", None).await;
     assert_eq!(joined, "dc1-n4");
     let before = load.acked();
@@ -88,8 +89,8 @@ async fn a_node_joins_under_quorum_load_without_losing_writes() {
         );
     }
     let mut n4 = cluster.client("dc1-n4").await;
-    let mut held = 0;
-    for key in keys.iter().take(100) {
+    let mut taken = 0;
+    for (i, key) in keys.iter().enumerate() {
         let values = replica_values(&mut n4, key).await;
         if values.contains_key("dc1-n4") {
             assert_eq!(
@@ -97,10 +98,48 @@ async fn a_node_joins_under_quorum_load_without_losing_writes() {
                 Some(key.as_str()),
                 "the joiner holds {key} it now owns"
             );
-            held += 1;
+            taken += usize::from(i < acked_before_join);
         }
     }
-    assert!(held > 0, "the joiner owns some of the keys");
+    assert!(
+        taken > 0,
+        "the joiner took some of the keys written before it joined"
+    );
+
+    // Each key written before the join and now owned by the joiner is still on the one old
+    // owner that released it, so cleanup removes at least that many cells, and nothing the
+    // second time; every key stays on all 3 of its owners.
+    let removed = cleanup_removed(&cluster).await;
+    assert!(
+        removed >= taken,
+        "the first cleanup removed {removed} cells; the joiner took {taken} older keys"
+    );
+    assert_eq!(
+        cleanup_removed(&cluster).await,
+        0,
+        "a second cleanup removes nothing"
+    );
+    for key in &keys {
+        assert_eq!(
+            get(&mut n4, key, ConsistencyLevel::All).await,
+            Ok(Some(key.clone())),
+            "{key} after cleanup"
+        );
+    }
+}
+
+/// Runs `kvctl cleanup` on every node; the cells removed in all.
+async fn cleanup_removed(cluster: &Cluster) -> usize {
+    let out = kvctl(
+        &["--dir", cluster.dir_arg(), "-o", "json", "cleanup"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.success, "kvctl cleanup: {}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    (report["nodes"].as_array().expect("nodes").iter())
+        .map(|n| n["cells_removed"].as_u64().expect("cells_removed") as usize)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

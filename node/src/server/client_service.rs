@@ -475,6 +475,19 @@ impl KeyValue for ClientService {
         self.reply(result)
     }
 
+    async fn cleanup(&self, request: Request<pb::CleanupRequest>) -> Reply<pb::CleanupResponse> {
+        let r = request.into_inner();
+        let result = if r.node_id != self.node.me.0 {
+            Err(KvError::invalid_argument(
+                "node_id",
+                format!("this is {}, not {}", self.node.me, r.node_id),
+            ))
+        } else {
+            self.node.cleanup().await
+        };
+        self.reply(result)
+    }
+
     async fn netstats(
         &self,
         _request: Request<pb::NetstatsRequest>,

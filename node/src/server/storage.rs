@@ -24,6 +24,13 @@ pub enum StorageError {
         keyspace: String,
         source: crate::lsm::Error,
     },
+    #[error("keyspace {0}: a cleanup found its engine still in use after 10 s and was abandoned")]
+    Busy(String),
+    #[error("swapping {path} during a cleanup: {source}")]
+    Swap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("removing {path}: {source}")]
     Remove {
         path: PathBuf,
@@ -34,7 +41,14 @@ pub enum StorageError {
 struct Open {
     version: u64,
     db: Arc<Db>,
+    /// While a cleanup rewrites the keyspace: the new engine, which receives every write too.
+    shadow: Option<Arc<Db>>,
 }
+
+/// Cells copied per write while a cleanup rewrites a keyspace.
+const CLEANUP_BATCH: usize = 1000;
+/// How long a cleanup's swap waits for requests still using the old engine.
+const SWAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Storage {
     root: PathBuf,
@@ -79,6 +93,7 @@ impl Storage {
                 if open.contains_key(name) {
                     continue;
                 }
+                self.recover_swap(name, def.version)?;
                 let db = Db::open(self.dir_of(name, def.version), self.options.clone()).map_err(
                     |source| StorageError::Engine {
                         keyspace: name.to_owned(),
@@ -88,6 +103,7 @@ impl Storage {
                 let entry = Open {
                     version: def.version,
                     db: Arc::new(db),
+                    shadow: None,
                 };
                 open.insert(name.to_owned(), entry);
             }
@@ -142,8 +158,154 @@ impl Storage {
 
     /// Applies mutations keyed by engine key as one engine batch. Blocking.
     pub fn apply(&self, keyspace: &str, batch: Vec<Mutation>) -> Result<(), StorageError> {
-        let db = self.db(keyspace)?;
+        let (db, shadow) = (self.keyspaces.read().get(keyspace))
+            .map(|o| (o.db.clone(), o.shadow.clone()))
+            .ok_or_else(|| StorageError::UnknownKeyspace(keyspace.to_owned()))?;
+        if let Some(shadow) = shadow {
+            shadow
+                .write(batch.clone())
+                .map_err(Self::engine_err(keyspace))?;
+        }
         db.write(batch).map_err(Self::engine_err(keyspace))
+    }
+
+    /// Rewrites `keyspace` keeping only cells whose token `keep` accepts, without stopping
+    /// writes: a new engine receives every write while the kept cells are copied into it (the
+    /// merge rule orders cells by timestamp, so copy and new writes may interleave), then the
+    /// engines are swapped. Returns (kept, removed). Blocking.
+    pub fn cleanup(
+        &self,
+        keyspace: &str,
+        keep: impl Fn(u128) -> bool,
+    ) -> Result<(u64, u64), StorageError> {
+        let version = (self.keyspaces.read().get(keyspace))
+            .map(|o| o.version)
+            .ok_or_else(|| StorageError::UnknownKeyspace(keyspace.to_owned()))?;
+        let err = Self::engine_err;
+        let fresh = self.swap_dir(keyspace, version, "cleanup");
+        self.remove_dir(&fresh)?;
+        let shadow = Arc::new(Db::open(&fresh, self.options.clone()).map_err(err(keyspace))?);
+        let old = {
+            let mut open = self.keyspaces.write();
+            let o = open
+                .get_mut(keyspace)
+                .ok_or_else(|| StorageError::UnknownKeyspace(keyspace.to_owned()))?;
+            o.shadow = Some(shadow.clone());
+            o.db.clone()
+        };
+        let (mut kept, mut removed) = (0u64, 0u64);
+        let mut batch = Vec::with_capacity(CLEANUP_BATCH);
+        for item in old
+            .scan(Bound::Unbounded, Bound::Unbounded)
+            .map_err(err(keyspace))?
+        {
+            let (key, cell) = item.map_err(err(keyspace))?;
+            let token = crate::storage_key::decode(&key).map_or(0, |(t, _)| t);
+            if !keep(token) {
+                removed += 1;
+                continue;
+            }
+            kept += 1;
+            batch.push(Mutation { key, cell });
+            if batch.len() == CLEANUP_BATCH {
+                shadow
+                    .write(std::mem::take(&mut batch))
+                    .map_err(err(keyspace))?;
+            }
+        }
+        shadow.write(batch).map_err(err(keyspace))?;
+        shadow.flush().map_err(err(keyspace))?;
+        drop((old, shadow));
+        self.swap(keyspace, version)?;
+        Ok((kept, removed))
+    }
+
+    fn swap_dir(&self, name: &str, version: u64, what: &str) -> PathBuf {
+        self.root.join(format!("{name}-{version}.{what}"))
+    }
+
+    /// Replaces the keyspace's engine with its cleanup shadow: both are closed once no request
+    /// uses them (new requests wait on the map's lock), the directories trade places, and the
+    /// new engine reopens where the old one was.
+    fn swap(&self, keyspace: &str, version: u64) -> Result<(), StorageError> {
+        let err = Self::engine_err;
+        let mut open = self.keyspaces.write();
+        let entry = open
+            .remove(keyspace)
+            .ok_or_else(|| StorageError::UnknownKeyspace(keyspace.to_owned()))?;
+        let shadow = entry.shadow.expect("a cleanup set the shadow");
+        let shadow = match sole(shadow) {
+            Ok(db) => db,
+            Err(_) => return self.abandon(&mut open, keyspace, version, entry.db),
+        };
+        let old = match sole(entry.db) {
+            Ok(db) => db,
+            Err(still_used) => {
+                shadow.close().map_err(err(keyspace))?;
+                return self.abandon(&mut open, keyspace, version, still_used);
+            }
+        };
+        old.close().map_err(err(keyspace))?;
+        shadow.close().map_err(err(keyspace))?;
+        let (live, retired) = (
+            self.dir_of(keyspace, version),
+            self.swap_dir(keyspace, version, "old"),
+        );
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to).map_err(|source| StorageError::Swap {
+                path: from.to_owned(),
+                source,
+            })
+        };
+        rename(&live, &retired)?;
+        rename(&self.swap_dir(keyspace, version, "cleanup"), &live)?;
+        let db = Db::open(&live, self.options.clone()).map_err(err(keyspace))?;
+        open.insert(
+            keyspace.to_owned(),
+            Open {
+                version,
+                db: Arc::new(db),
+                shadow: None,
+            },
+        );
+        drop(open);
+        self.remove_dir(&retired)
+    }
+
+    /// Gives up a cleanup whose engines stayed in use: the old engine serves on, unchanged.
+    fn abandon(
+        &self,
+        open: &mut HashMap<String, Open>,
+        keyspace: &str,
+        version: u64,
+        db: Arc<Db>,
+    ) -> Result<(), StorageError> {
+        open.insert(
+            keyspace.to_owned(),
+            Open {
+                version,
+                db,
+                shadow: None,
+            },
+        );
+        Err(StorageError::Busy(keyspace.to_owned()))
+    }
+
+    /// After a crash between the two renames of a swap, the old engine is put back (the
+    /// cleanup is simply lost, and its leftovers are removed as strays).
+    fn recover_swap(&self, keyspace: &str, version: u64) -> Result<(), StorageError> {
+        let (live, retired) = (
+            self.dir_of(keyspace, version),
+            self.swap_dir(keyspace, version, "old"),
+        );
+        if !live.exists() && retired.exists() {
+            tracing::warn!(%keyspace, "an interrupted cleanup is rolled back");
+            std::fs::rename(&retired, &live).map_err(|source| StorageError::Swap {
+                path: retired,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// The stored cell of an engine key, tombstones and expired cells included. Blocking.
@@ -231,6 +393,23 @@ impl Storage {
             }
         }
         Ok(())
+    }
+}
+
+/// The engine itself once requests still using it have finished, or the shared handle back
+/// after [`SWAP_WAIT`].
+fn sole(db: Arc<Db>) -> Result<Db, Arc<Db>> {
+    let deadline = std::time::Instant::now() + SWAP_WAIT;
+    let mut db = db;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Ok(db),
+            Err(shared) if std::time::Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(shared) => return Err(shared),
+        }
     }
 }
 

@@ -469,3 +469,41 @@ impl Node {
         self.pull_ranges(keyspace, ranges, &t, session).await
     }
 }
+
+impl Node {
+    /// Drops the data of ranges this node no longer replicates, keyspace by keyspace.
+    pub async fn cleanup(self: &Arc<Self>) -> Result<pb::CleanupResponse, KvError> {
+        let _guard = (self.change_lock.try_lock())
+            .map_err(|_| failed("a topology change of this node is under way"))?;
+        let view = self.members.view();
+        if let Some((id, m)) = view.change_in_progress("") {
+            return Err(failed(format!(
+                "a topology change is under way ({id} is {:?}); clean up once it is done, or data \
+                 still streaming would be dropped",
+                m.status
+            )));
+        }
+        let ring = view.ring.clone().ok_or_else(|| failed("no ring"))?;
+        let me = ring
+            .find(&self.me.0)
+            .ok_or_else(|| failed("this node owns no ranges"))?;
+        let mut summary = pb::CleanupResponse::default();
+        for (keyspace, _) in view.schema.live() {
+            let Ok(placement) = ring.placement(keyspace) else {
+                continue;
+            };
+            let owned = placement.ranges_of(me);
+            let (node, ks) = (self.clone(), keyspace.to_owned());
+            let keep = move |t: u128| owned.iter().any(|r| r.contains(Token(t)));
+            let (kept, removed) =
+                tokio::task::spawn_blocking(move || node.storage.cleanup(&ks, keep))
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|e| failed(e.to_string()))?;
+            tracing::info!(%keyspace, kept, removed, "cleanup done");
+            summary.cells_kept += kept;
+            summary.cells_removed += removed;
+        }
+        Ok(summary)
+    }
+}
