@@ -63,6 +63,8 @@ enum Command {
     Ring(ring::RingArgs),
     /// Make a node leave: it streams its ranges to their new owners, then stops
     Decommission(topology_cmd::DecommissionArgs),
+    /// Remove a dead node for good: survivors re-replicate its ranges
+    Removenode(topology_cmd::RemoveNodeArgs),
     /// Drop the data a node no longer replicates (after a join moved ranges away)
     Cleanup(topology_cmd::CleanupArgs),
     /// Streams of topology changes on each node, with progress
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => admin::inspect(args, &target, format),
         Command::Status(args) => admin::status(args, &target, format),
         Command::Decommission(args) => topology_cmd::decommission(args, &target, format),
+        Command::Removenode(args) => topology_cmd::removenode(args, &target, format),
         Command::Cleanup(args) => topology_cmd::cleanup(args, &target, format),
         Command::Netstats(args) => topology_cmd::netstats(args, &target, format),
         Command::Repair(args) => repair::run(args, &target, format),

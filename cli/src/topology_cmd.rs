@@ -1,4 +1,4 @@
-//! Topology commands: `decommission`, `cleanup` and `netstats`.
+//! Topology commands: `decommission`, `removenode`, `cleanup` and `netstats`.
 
 use std::time::Duration;
 
@@ -15,6 +15,12 @@ use crate::Outcome;
 #[derive(Args)]
 pub struct DecommissionArgs {
     /// The node that leaves, by host id (e.g. dc1-n4)
+    node: String,
+}
+
+#[derive(Args)]
+pub struct RemoveNodeArgs {
+    /// The dead node, by host id
     node: String,
 }
 
@@ -78,6 +84,43 @@ pub fn decommission(
             Format::Text => println!(
                 "{} left the cluster: {} ranges handed over, {} cells streamed; the process has stopped",
                 args.node, response.ranges, response.cells
+            ),
+        }
+        Ok(Outcome::Done)
+    })
+}
+
+pub fn removenode(
+    args: RemoveNodeArgs,
+    target: &Target,
+    format: Format,
+) -> anyhow::Result<Outcome> {
+    block_on(async {
+        let client = target.connect().await?;
+        let ring = client.describe_ring().await?;
+        let coordinator = (ring.nodes.iter())
+            .find(|n| n.id != args.node && n.liveness() == pb::Liveness::Up)
+            .context("no live node to coordinate the removal")?;
+        eprintln!(
+            "removing {} through {}: re-replicating its ranges...",
+            args.node, coordinator.id
+        );
+        let mut c = direct(&coordinator.client_address).await?;
+        let r = c
+            .remove_node(pb::RemoveNodeRequest {
+                node_id: args.node.clone(),
+            })
+            .await
+            .map_err(|s| client::KvError::from_status(&s))
+            .with_context(|| format!("removenode {} refused or failed", args.node))?
+            .into_inner();
+        match format {
+            Format::Json => print_json(
+                &json!({"node": args.node, "removed": true, "ranges": r.ranges, "cells": r.cells}),
+            ),
+            Format::Text => println!(
+                "{} removed: {} ranges re-replicated, {} cells streamed",
+                args.node, r.ranges, r.cells
             ),
         }
         Ok(Outcome::Done)

@@ -845,6 +845,16 @@ impl KeyValue for FakeNode {
         ))
     }
 
+    async fn remove_node(
+        &self,
+        _: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.record("RemoveNode", None);
+        Err(Status::unimplemented(
+            "the fake cluster has no topology changes",
+        ))
+    }
+
     async fn cleanup(
         &self,
         _: Request<pb::CleanupRequest>,

@@ -174,6 +174,13 @@ impl KeyValue for Fake {
         unimplemented()
     }
 
+    async fn remove_node(
+        &self,
+        _: Request<client::pb::v1::RemoveNodeRequest>,
+    ) -> Result<Response<client::pb::v1::RemoveNodeResponse>, Status> {
+        unimplemented()
+    }
+
     async fn cleanup(
         &self,
         _: Request<client::pb::v1::CleanupRequest>,

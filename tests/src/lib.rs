@@ -436,6 +436,59 @@ impl Cluster {
         added.expect("kvctl local add lists the new node").id
     }
 
+    /// `kvctl repair --keyspace KEYSPACE -o json`: per range, each replica's Merkle root.
+    pub async fn repair(&self, keyspace: &str) -> serde_json::Value {
+        let args = [
+            "--dir",
+            self.dir_arg(),
+            "-o",
+            "json",
+            "repair",
+            "--keyspace",
+            keyspace,
+        ];
+        let out = kvctl(&args, Duration::from_secs(60)).await;
+        assert!(out.success, "kvctl repair failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout).expect("kvctl repair -o json prints JSON")
+    }
+
+    /// Ranges of a repair report whose replicas' Merkle roots differ.
+    pub fn differing_roots(report: &serde_json::Value) -> Vec<String> {
+        let ranges = report["ranges"].as_array().cloned().unwrap_or_default();
+        (ranges.iter())
+            .filter(|range| {
+                let replicas = range["replicas"].as_array().cloned().unwrap_or_default();
+                let roots: std::collections::BTreeSet<String> =
+                    replicas.iter().map(|r| r["root"].to_string()).collect();
+                roots.len() != 1
+            })
+            .map(|range| range.to_string())
+            .collect()
+    }
+
+    /// Waits until every one of `observers` sees `node` DOWN.
+    pub async fn wait_seen_down(&self, observers: &[&str], node: &str) {
+        for observer in observers {
+            let c = self.client(observer).await;
+            self.wait_until(
+                || {
+                    let mut c = c.clone();
+                    async move {
+                        let ring = c
+                            .describe_ring(client::pb::v1::DescribeRingRequest {})
+                            .await;
+                        let ring = ring.map(|r| r.into_inner()).unwrap_or_default();
+                        (ring.nodes.iter().find(|n| n.id == node))
+                            .is_some_and(|n| n.liveness() == client::pb::v1::Liveness::Down)
+                    }
+                },
+                Duration::from_secs(30),
+                &format!("{observer} sees {node} down"),
+            )
+            .await;
+        }
+    }
+
     /// `kvctl local status -o json`.
     pub async fn status(&self) -> serde_json::Value {
         let out = kvctl(

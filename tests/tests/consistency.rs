@@ -6,39 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::pb::v1::{self as pb, ConsistencyLevel, DescribeRingRequest, Liveness, PutRequest};
+use client::pb::v1::{self as pb, ConsistencyLevel, PutRequest};
 use client::KvError;
 use cluster_tests::ops::{create_keyspace, get, put, replica_values, Client, Writers, KS};
 use cluster_tests::Cluster;
-
-async fn liveness(c: &mut Client, node: &str) -> Option<Liveness> {
-    let ring = c
-        .describe_ring(DescribeRingRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    ring.nodes
-        .iter()
-        .find(|n| n.id == node)
-        .map(|n| n.liveness())
-}
-
-async fn wait_seen_down(cluster: &Cluster, observer: &str, nodes: &[&str]) {
-    let mut c = cluster.client(observer).await;
-    for node in nodes {
-        cluster
-            .wait_until(
-                || {
-                    let mut c = c.clone();
-                    async move { liveness(&mut c, node).await == Some(Liveness::Down) }
-                },
-                Duration::from_secs(30),
-                &format!("{observer} sees {node} down"),
-            )
-            .await;
-    }
-    let _ = &mut c;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_writes_are_read_at_quorum_from_any_node() {
@@ -136,7 +107,8 @@ async fn one_node_down_per_dc_local_and_each_quorum_succeed_all_is_unavailable_h
 
     cluster.kill("dc1-n3").await;
     cluster.kill("dc2-n3").await;
-    wait_seen_down(&cluster, "dc1-n1", &["dc1-n3", "dc2-n3"]).await;
+    cluster.wait_seen_down(&["dc1-n1"], "dc1-n3").await;
+    cluster.wait_seen_down(&["dc1-n1"], "dc2-n3").await;
 
     for i in 0..10 {
         put(
@@ -229,7 +201,7 @@ async fn a_read_at_all_repairs_a_stale_replica() {
 
     let stale = replicas[0].clone();
     cluster.kill(&stale).await;
-    wait_seen_down(&cluster, "dc1-n1", &[&stale]).await;
+    cluster.wait_seen_down(&["dc1-n1"], &stale).await;
     put(&mut c, &key, "new", ConsistencyLevel::Quorum)
         .await
         .expect("write new at QUORUM");
@@ -458,7 +430,7 @@ async fn any_succeeds_with_only_a_hint_and_the_hint_arrives() {
         "a key only dc1-n2 holds"
     );
     cluster.kill("dc1-n2").await;
-    wait_seen_down(&cluster, "dc1-n1", &["dc1-n2"]).await;
+    cluster.wait_seen_down(&["dc1-n1"], "dc1-n2").await;
 
     match put(&mut c, &key, "hinted", ConsistencyLevel::One).await {
         Err(KvError::Unavailable(u)) => assert_eq!((u.required, u.alive), (1, 0)),

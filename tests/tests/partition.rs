@@ -14,18 +14,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use client::pb::v1::key_value_client::KeyValueClient;
 use client::pb::v1::{
-    self as pb, replica_cell, ConsistencyLevel, CreateKeyspaceRequest, DescribeRingRequest,
-    GetRequest, InspectRequest, Keyspace, Liveness, PutRequest,
+    ConsistencyLevel, CreateKeyspaceRequest, DescribeRingRequest, Keyspace, Liveness,
 };
 use client::KvError;
+use cluster_tests::ops::{get, put, replica_values, Client, KS};
 use cluster_tests::Cluster;
-use tonic::transport::Channel;
 
-type Client = KeyValueClient<Channel>;
-
-const KS: &str = "app";
 const DC1_NET: &str = "127.0.1.0/24";
 const DC2_NET: &str = "127.0.2.0/24";
 /// Failure detection takes ~4 s in local clusters; this leaves room for a loaded machine.
@@ -152,71 +147,6 @@ fn port_range(cluster: &Cluster) -> (u16, u16) {
     let lo = *ports.iter().min().expect("the cluster has nodes");
     let hi = *ports.iter().max().expect("the cluster has nodes");
     (lo, hi)
-}
-
-async fn put(
-    c: &mut Client,
-    key: &str,
-    value: &str,
-    level: ConsistencyLevel,
-) -> Result<(), KvError> {
-    c.put(PutRequest {
-        keyspace: KS.into(),
-        consistency: level as i32,
-        key: key.as_bytes().to_vec().into(),
-        value: value.as_bytes().to_vec().into(),
-        timestamp: None,
-        ttl_ms: None,
-    })
-    .await
-    .map(drop)
-    .map_err(|s| KvError::from_status(&s))
-}
-
-async fn get(
-    c: &mut Client,
-    key: &str,
-    level: ConsistencyLevel,
-) -> Result<Option<String>, KvError> {
-    let r = c
-        .get(GetRequest {
-            keyspace: KS.into(),
-            consistency: level as i32,
-            key: key.as_bytes().to_vec().into(),
-        })
-        .await
-        .map_err(|s| KvError::from_status(&s))?;
-    Ok(r.into_inner()
-        .value
-        .map(|v| String::from_utf8_lossy(&v.value).into_owned()))
-}
-
-/// Each replica's own value of `key` by node id; None when it holds nothing or did not answer.
-async fn replica_values(c: &mut Client, key: &str) -> BTreeMap<String, Option<String>> {
-    let r = c
-        .inspect(InspectRequest {
-            keyspace: KS.into(),
-            key: key.as_bytes().to_vec().into(),
-        })
-        .await
-        .expect("Inspect")
-        .into_inner();
-    let mut out = BTreeMap::new();
-    for dc in r.dcs {
-        for replica in dc.replicas {
-            let value = match replica.outcome {
-                Some(replica_cell::Outcome::Cell(cell)) => match cell.content {
-                    Some(pb::cell::Content::Value(v)) => {
-                        Some(String::from_utf8_lossy(&v).into_owned())
-                    }
-                    _ => Some("<tombstone>".into()),
-                },
-                _ => None,
-            };
-            out.insert(replica.node_id, value);
-        }
-    }
-    out
 }
 
 /// Whether every one of `replicas` replicas of every key holds the expected value, as Inspect
@@ -367,5 +297,13 @@ async fn a_partition_between_dcs_keeps_local_quorum_refuses_each_quorum_and_heal
         converged.is_ok(),
         "hints did not bring every replica to the partition's writes within {}s: {last}",
         CONVERGE.as_secs()
+    );
+    // Whatever hints missed, repair moves; then every range's replicas have one Merkle root.
+    cluster.repair(KS).await;
+    let report = cluster.repair(KS).await;
+    assert_eq!(
+        Cluster::differing_roots(&report),
+        Vec::<String>::new(),
+        "after hints and repair"
     );
 }

@@ -230,3 +230,36 @@ async fn a_replacement_for_a_killed_node_serves_all_acknowledged_data() {
     }
     assert_all_readable(&mut r, &keys).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removenode_rereplicates_a_dead_nodes_ranges() {
+    let cluster = Cluster::up(1, 4).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3)]).await;
+    let load = writers(&cluster, &["dc1-n1", "dc1-n2"]).await;
+    wait_acked(&cluster, &load, 200, "200 writes").await;
+    let keys = load.finish().await;
+    cluster.kill("dc1-n4").await;
+
+    cluster
+        .wait_seen_down(&["dc1-n1", "dc1-n2", "dc1-n3"], "dc1-n4")
+        .await;
+    let out = kvctl(
+        &["--dir", cluster.dir_arg(), "removenode", "dc1-n4"],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(out.success, "kvctl removenode: {}", out.stderr);
+    for key in &keys {
+        let values = replica_values(&mut c, key).await;
+        assert!(
+            !values.contains_key("dc1-n4"),
+            "{key}: dc1-n4 is gone from the replica sets"
+        );
+        assert_eq!(values.len(), 3, "{key}: {values:?}");
+        assert!(
+            values.values().all(|v| v.as_deref() == Some(key.as_str())),
+            "{key} re-replicated: {values:?}"
+        );
+    }
+}

@@ -280,6 +280,21 @@ impl GossipState {
         });
     }
 
+    /// Sets the status of another, dead endpoint (removenode): its owner cannot, so this node
+    /// speaks for it with the next version of that endpoint's state, which then wins
+    /// everywhere. A restart of the node (a new generation) overrides it again.
+    pub fn force_status(&mut self, node: &str, status: NodeState) -> bool {
+        let Some(state) = self.endpoints.get_mut(node) else {
+            return false;
+        };
+        let version = state.max_version() + 1;
+        state.status = Some(Versioned {
+            version,
+            value: status,
+        });
+        true
+    }
+
     pub fn set_load_bytes(&mut self, load: u64) {
         let (local, version) = self.local_mut();
         local.load_bytes = Some(Versioned {

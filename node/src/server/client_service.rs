@@ -488,6 +488,15 @@ impl KeyValue for ClientService {
         self.reply(result)
     }
 
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Reply<pb::RemoveNodeResponse> {
+        let r = request.into_inner();
+        let result = self.node.remove_node(&r.node_id).await;
+        self.reply(result)
+    }
+
     async fn netstats(
         &self,
         _request: Request<pb::NetstatsRequest>,

@@ -171,6 +171,13 @@ impl Membership {
         self.rebuild_view();
     }
 
+    /// Speaks for a dead node in gossip (removenode).
+    pub fn force_status(&self, node: &str, status: NodeState) -> bool {
+        let done = self.state.lock().force_status(node, status);
+        self.rebuild_view();
+        done
+    }
+
     /// A joining (or replacing) node's tokens, published while it stays JOINING.
     pub fn announce_joining(&self, tokens: Vec<Token>, replacing: Option<String>) {
         {

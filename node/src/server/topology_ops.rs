@@ -272,6 +272,12 @@ impl Node {
     /// coordinator writes to it (or stops writing to it) before data moves. Bounded: after
     /// the wait, gossip finishes the job and the change goes on.
     async fn wait_peers_see(&self, pred: impl Fn(Option<&pb::RingNode>) -> bool) {
+        let me = self.me.0.clone();
+        self.wait_peers_see_node(&me, pred).await
+    }
+
+    /// Like [`Self::wait_peers_see`], about any node.
+    async fn wait_peers_see_node(&self, node: &str, pred: impl Fn(Option<&pb::RingNode>) -> bool) {
         let deadline = Instant::now() + AGREEMENT_WAIT;
         loop {
             let mut behind = Vec::new();
@@ -282,7 +288,7 @@ impl Node {
                 {
                     continue;
                 }
-                if !self.peer_sees_me(&m.addresses.client, &pred).await {
+                if !self.peer_sees(&m.addresses.client, node, &pred).await {
                     behind.push(id.0.clone());
                 }
             }
@@ -300,9 +306,10 @@ impl Node {
         }
     }
 
-    async fn peer_sees_me(
+    async fn peer_sees(
         &self,
         client_address: &str,
+        node: &str,
         pred: &impl Fn(Option<&pb::RingNode>) -> bool,
     ) -> bool {
         let Ok(endpoint) =
@@ -321,7 +328,7 @@ impl Node {
                 .await
                 .ok()?;
             let ring = ring.into_inner();
-            Some(pred(ring.nodes.iter().find(|n| n.id == self.me.0)))
+            Some(pred(ring.nodes.iter().find(|n| n.id == node)))
         };
         tokio::time::timeout(Duration::from_secs(2), ask)
             .await
@@ -373,6 +380,74 @@ impl Node {
         self.wait_peers_see(|n| n.is_none_or(|n| n.state() == pb::NodeState::Left))
             .await;
         self.request_stop();
+        Ok(summary)
+    }
+
+    /// Removes the dead node `dead`: marks it LEAVING (so writes for its ranges also go to
+    /// their future replicas), has every future replica pull from a surviving one, then marks
+    /// it LEFT.
+    pub async fn remove_node(
+        self: &Arc<Self>,
+        dead: &str,
+    ) -> Result<pb::RemoveNodeResponse, KvError> {
+        let _guard = (self.change_lock.try_lock())
+            .map_err(|_| failed("a topology change driven by this node is under way"))?;
+        let view = self.members.view();
+        if let Some((id, m)) = view.change_in_progress(dead) {
+            return Err(failed(format!(
+                "another topology change is under way ({id} is {:?}); one change at a time",
+                m.status
+            )));
+        }
+        let m = view
+            .member(dead)
+            .ok_or_else(|| failed(format!("no node {dead} in the cluster")))?;
+        if dead == self.me.0 || self.members.is_alive(dead) {
+            return Err(failed(format!(
+                "{dead} is alive: decommission it instead (removenode is for dead nodes)"
+            )));
+        }
+        if !matches!(m.status, NodeState::Normal | NodeState::Leaving) {
+            return Err(failed(format!(
+                "{dead} is {:?}, not a member that owns ranges",
+                m.status
+            )));
+        }
+        self.members.force_status(dead, NodeState::Leaving);
+        self.wait_peers_see_node(dead, |n| {
+            n.is_some_and(|n| n.state() == pb::NodeState::Leaving)
+        })
+        .await;
+        let view = self.members.view();
+        let ring = view.ring.as_ref().ok_or_else(|| failed("no ring"))?;
+        let change = Change::RemoveNode {
+            node: NodeId(dead.to_owned()),
+        };
+        let plan = ChangePlan::new(ring, &change).map_err(|e| failed(e.to_string()))?;
+        let mut summary = pb::RemoveNodeResponse::default();
+        for (keyspace, ks) in plan.keyspaces() {
+            let mut by_target: BTreeMap<(NodeId, NodeId), Vec<TokenRange>> = BTreeMap::new();
+            for t in &ks.transfers {
+                for s in &t.streams {
+                    let source = s.source.clone().ok_or_else(|| {
+                        failed(format!(
+                            "range {} of {keyspace} has no surviving replica: its data is lost",
+                            t.range
+                        ))
+                    })?;
+                    by_target
+                        .entry((s.target.clone(), source))
+                        .or_default()
+                        .push(t.range);
+                }
+            }
+            for ((target, source), ranges) in by_target {
+                summary.cells += self.hand_over(keyspace, &target, &source, &ranges).await?;
+                summary.ranges += ranges.len() as u32;
+            }
+        }
+        self.members.force_status(dead, NodeState::Left);
+        tracing::info!(node = %dead, ranges = summary.ranges, cells = summary.cells, "removed: LEFT");
         Ok(summary)
     }
 
