@@ -48,6 +48,18 @@ async fn address_of(target: &Target, node: &str) -> anyhow::Result<(String, Vec<
     Ok((address, all))
 }
 
+/// The ring's nodes, or the one named.
+async fn selected_nodes(target: &Target, node: Option<&str>) -> anyhow::Result<Vec<pb::RingNode>> {
+    let ring = target.connect().await?.describe_ring().await?;
+    let nodes: Vec<pb::RingNode> = (ring.nodes.into_iter())
+        .filter(|n| node.is_none_or(|want| want == n.id))
+        .collect();
+    if nodes.is_empty() {
+        anyhow::bail!("no node {:?} in the ring", node.unwrap_or_default());
+    }
+    Ok(nodes)
+}
+
 async fn direct(address: &str) -> anyhow::Result<KeyValueClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -129,16 +141,9 @@ pub fn removenode(
 
 pub fn cleanup(args: CleanupArgs, target: &Target, format: Format) -> anyhow::Result<Outcome> {
     block_on(async {
-        let client = target.connect().await?;
-        let ring = client.describe_ring().await?;
-        let nodes: Vec<&pb::RingNode> = (ring.nodes.iter())
-            .filter(|n| args.node.as_ref().is_none_or(|want| *want == n.id))
-            .collect();
-        if nodes.is_empty() {
-            anyhow::bail!("no node {:?} in the ring", args.node.unwrap_or_default());
-        }
+        let nodes = selected_nodes(target, args.node.as_deref()).await?;
         let mut docs = Vec::new();
-        for n in nodes {
+        for n in &nodes {
             let mut c = direct(&n.client_address).await?;
             let r = c
                 .cleanup(pb::CleanupRequest {
@@ -167,17 +172,10 @@ pub fn cleanup(args: CleanupArgs, target: &Target, format: Format) -> anyhow::Re
 
 pub fn netstats(args: NetstatsArgs, target: &Target, format: Format) -> anyhow::Result<Outcome> {
     block_on(async {
-        let client = target.connect().await?;
-        let ring = client.describe_ring().await?;
-        let nodes: Vec<&pb::RingNode> = (ring.nodes.iter())
-            .filter(|n| args.node.as_ref().is_none_or(|want| *want == n.id))
-            .collect();
-        if nodes.is_empty() {
-            anyhow::bail!("no node {:?} in the ring", args.node.unwrap_or_default());
-        }
+        let nodes = selected_nodes(target, args.node.as_deref()).await?;
         let mut rows = Vec::new();
         let mut docs = Vec::new();
-        for n in nodes {
+        for n in &nodes {
             let stats = match direct(&n.client_address).await {
                 Ok(mut c) => c
                     .netstats(pb::NetstatsRequest {})

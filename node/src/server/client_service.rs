@@ -57,6 +57,15 @@ impl ClientService {
         }
     }
 
+    /// Refuses an operation on this node addressed to another (a stale address book).
+    fn check_me(&self, node_id: &str) -> Result<(), KvError> {
+        if node_id != self.node.me.0 {
+            let reason = format!("this is {}, not {node_id}", self.node.me);
+            return Err(KvError::invalid_argument("node_id", reason));
+        }
+        Ok(())
+    }
+
     fn check_keyspace(&self, keyspace: &str) -> Result<(), KvError> {
         if self.node.members.view().schema.get(keyspace).is_none() {
             return Err(KvError::KeyspaceNotFound(pb::KeyspaceNotFound {
@@ -463,27 +472,17 @@ impl KeyValue for ClientService {
         &self,
         request: Request<pb::DecommissionRequest>,
     ) -> Reply<pb::DecommissionResponse> {
-        let r = request.into_inner();
-        let result = if r.node_id != self.node.me.0 {
-            Err(KvError::invalid_argument(
-                "node_id",
-                format!("this is {}, not {}", self.node.me, r.node_id),
-            ))
-        } else {
-            self.node.decommission().await
+        let result = match self.check_me(&request.into_inner().node_id) {
+            Ok(()) => self.node.decommission().await,
+            Err(e) => Err(e),
         };
         self.reply(result)
     }
 
     async fn cleanup(&self, request: Request<pb::CleanupRequest>) -> Reply<pb::CleanupResponse> {
-        let r = request.into_inner();
-        let result = if r.node_id != self.node.me.0 {
-            Err(KvError::invalid_argument(
-                "node_id",
-                format!("this is {}, not {}", self.node.me, r.node_id),
-            ))
-        } else {
-            self.node.cleanup().await
+        let result = match self.check_me(&request.into_inner().node_id) {
+            Ok(()) => self.node.cleanup().await,
+            Err(e) => Err(e),
         };
         self.reply(result)
     }
