@@ -61,6 +61,16 @@ impl Node {
             .unwrap_or_default();
         statefile::write(&path, MAGIC, &progress).map_err(|e| e.to_string())?;
         self.wait_for_cluster().await;
+        if identity.tokens.is_empty() {
+            let view = self.members.view();
+            if let Some((id, m)) = view.change_in_progress(&self.me.0) {
+                return Err(format!(
+                    "another topology change is under way ({id} is {:?}); start this node again \
+                     once it is done (one change at a time)",
+                    m.status
+                ));
+            }
+        }
         if let Some(dead) = &self.config.replace {
             self.wait_until_convicted(dead).await?;
         }
