@@ -83,6 +83,12 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`kvctl status | head`); Rust ignores SIGPIPE and would panic on the failed write.
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let format = cli.output;
     let target = cli.target;
