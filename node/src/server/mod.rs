@@ -283,15 +283,15 @@ async fn serve_grpc(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The builder's tcp_nodelay is ignored for a listener passed in, so it is set on each
+    // accepted socket here: without it Nagle's algorithm meets delayed ACKs and small replies
+    // wait ~40 ms (measured: a quarter of single reads took 44-50 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = stop.changed().await;
-            },
-        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.changed().await;
+        })
         .await;
     if let Err(e) = result {
         tracing::error!(server = what, error = %e, "gRPC server failed");
