@@ -184,12 +184,16 @@ async fn connect(args: &BenchArgs, target: &Target) -> anyhow::Result<Store> {
         #[cfg(feature = "bench-peers")]
         StoreKind::Redis => {
             let endpoints = target.endpoints_or(peers::REDIS_ENDPOINTS);
-            Ok(Store::Redis(peers::Redis::connect(&endpoints).await?))
+            Ok(Store::Redis(Box::new(
+                peers::Redis::connect(&endpoints).await?,
+            )))
         }
         #[cfg(feature = "bench-peers")]
         StoreKind::Etcd => {
             let endpoints = target.endpoints_or(peers::ETCD_ENDPOINTS);
-            Ok(Store::Etcd(peers::Etcd::connect(&endpoints).await?))
+            Ok(Store::Etcd(Box::new(
+                peers::Etcd::connect(&endpoints).await?,
+            )))
         }
         #[cfg(not(feature = "bench-peers"))]
         StoreKind::Redis | StoreKind::Etcd => bail!(

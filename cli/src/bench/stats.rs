@@ -158,7 +158,7 @@ pub struct PhaseReport {
 impl PhaseReport {
     pub fn text(&self) -> String {
         let mut out = format!(
-            "{}: {} ops in {:.1}s, {:.0} ops/s, errors: {}",
+            "{}: {} ops in {:.2}s, {:.0} ops/s, errors: {}",
             self.phase,
             self.ops,
             self.seconds,

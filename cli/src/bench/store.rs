@@ -37,9 +37,9 @@ pub enum Store {
         consistency: ConsistencyLevel,
     },
     #[cfg(feature = "bench-peers")]
-    Redis(super::peers::Redis),
+    Redis(Box<super::peers::Redis>),
     #[cfg(feature = "bench-peers")]
-    Etcd(super::peers::Etcd),
+    Etcd(Box<super::peers::Etcd>),
 }
 
 impl Store {
