@@ -296,7 +296,7 @@ enum Op {
         kind: OpKind,
         key: String,
         value: Bytes,
-        /// The record number of an insert in the run phase, acknowledged when it is stored.
+        /// A run-phase insert: once stored, reads may choose its record.
         insert: bool,
     },
     Scan(String, u32),

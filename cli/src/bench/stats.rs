@@ -27,7 +27,8 @@ impl ErrorKind {
     }
 }
 
-/// A failed operation: its kind and the words for the first one of each kind.
+/// A failed operation: how it counts, and the error in words (the first of each kind is kept
+/// for the report).
 #[derive(Debug)]
 pub struct OpError {
     pub kind: ErrorKind,
