@@ -41,7 +41,7 @@ pub enum KeyspaceCommand {
 }
 
 /// `dc1:3,dc2:3`: at least one DC, each named once with a factor of at least 1.
-fn parse_replication(s: &str) -> Result<BTreeMap<String, u32>, String> {
+pub(crate) fn parse_replication(s: &str) -> Result<BTreeMap<String, u32>, String> {
     let mut out = BTreeMap::new();
     for item in s.split(',') {
         let Some((dc, rf)) = item.split_once(':') else {

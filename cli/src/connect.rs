@@ -65,6 +65,19 @@ impl Target {
         Ok(vec![DEFAULT_ENDPOINT.to_owned()])
     }
 
+    /// `--endpoints` (or `KV_ENDPOINTS`) when given, else `defaults`: for stores other than
+    /// ours, whose addresses a cluster.json does not know.
+    #[cfg(feature = "bench-peers")]
+    pub fn endpoints_or(&self, defaults: &[&str]) -> Vec<String> {
+        if !self.endpoints.is_empty() {
+            return clean(self.endpoints.iter().map(String::as_str));
+        }
+        match std::env::var("KV_ENDPOINTS") {
+            Ok(list) if !clean(list.split(',')).is_empty() => clean(list.split(',')),
+            _ => defaults.iter().map(|&e| e.to_owned()).collect(),
+        }
+    }
+
     /// Connects, learning the ring from the first endpoint that answers.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let mut options = ClientOptions::new(self.endpoints()?);

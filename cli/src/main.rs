@@ -2,6 +2,7 @@
 //! dispatched from here.
 
 mod admin;
+mod bench;
 mod connect;
 mod data;
 mod demo;
@@ -69,6 +70,9 @@ enum Command {
     Cleanup(topology_cmd::CleanupArgs),
     /// Streams of topology changes on each node, with progress
     Netstats(topology_cmd::NetstatsArgs),
+    /// Drive the cluster (or a peer store) with a YCSB workload and report throughput and
+    /// latency
+    Bench(bench::BenchArgs),
     /// Run a cluster of kv-node processes on this machine (needs --dir)
     Local(local::LocalArgs),
     /// Start a 3-DC local cluster, show what consistency levels cost across DCs, and keep it
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Cleanup(args) => topology_cmd::cleanup(args, &target, format),
         Command::Netstats(args) => topology_cmd::netstats(args, &target, format),
         Command::Repair(args) => repair::run(args, &target, format),
+        Command::Bench(args) => bench::run(args, &target, format),
         Command::Local(args) => local::run(args, target.dir(), format),
         Command::Demo(args) => demo::run(args, target.dir()),
     };
