@@ -197,10 +197,11 @@ pub fn netstats(args: NetstatsArgs, target: &Target, format: Format) -> anyhow::
                 docs.push(json!({"node": n.id, "reachable": false}));
                 continue;
             };
-            let state = pb::NodeState::try_from(stats.state).map_or("UNKNOWN", |s| s.as_str_name());
+            let state = pb::NodeState::try_from(stats.state)
+                .map_or_else(|_| "UNKNOWN".to_owned(), crate::local::state_name);
             docs.push(json!({
                 "node": n.id,
-                "state": state,
+                "state": &state,
                 "streams": stats.streams.iter().map(|s| json!({
                     "direction": s.direction, "peer": s.peer, "keyspace": s.keyspace,
                     "ranges": s.ranges, "ranges_done": s.ranges_done,
@@ -210,7 +211,7 @@ pub fn netstats(args: NetstatsArgs, target: &Target, format: Format) -> anyhow::
             if stats.streams.is_empty() {
                 rows.push(vec![
                     n.id.clone(),
-                    state.into(),
+                    state.clone(),
                     "-".into(),
                     String::new(),
                     String::new(),
@@ -221,7 +222,7 @@ pub fn netstats(args: NetstatsArgs, target: &Target, format: Format) -> anyhow::
             for s in &stats.streams {
                 rows.push(vec![
                     n.id.clone(),
-                    state.into(),
+                    state.clone(),
                     format!("{} {}", s.direction, s.peer),
                     s.keyspace.clone(),
                     format!("{}/{}", s.ranges_done, s.ranges),

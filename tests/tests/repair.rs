@@ -2,58 +2,23 @@
 //! misses writes and deletes; `kvctl repair` (or the background loop alone) makes every replica
 //! hold the same cells again, checked per key with Inspect and per range by equal Merkle roots.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use client::pb::v1::{
-    self as pb, replica_cell, ConsistencyLevel, CreateKeyspaceRequest, DeleteRequest,
-    InspectRequest, Keyspace, PutRequest,
+    self as pb, ConsistencyLevel, CreateKeyspaceRequest, DeleteRequest, Keyspace,
 };
+use cluster_tests::ops::{self, replica_values, Client, KS};
 use cluster_tests::{kvctl, Cluster};
 use serde_json::Value;
-use tonic::transport::Channel;
 
-type Client = pb::key_value_client::KeyValueClient<Channel>;
-
-const KS: &str = "app";
 const KEYS: usize = 60;
 const STALE: &str = "dc1-n3";
 
 async fn put(c: &mut Client, key: &str, value: &str, level: ConsistencyLevel) {
-    c.put(PutRequest {
-        keyspace: KS.into(),
-        consistency: level as i32,
-        key: key.as_bytes().to_vec().into(),
-        value: value.as_bytes().to_vec().into(),
-        timestamp: None,
-        ttl_ms: None,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("put {key}: {e}"));
-}
-
-/// Each replica's cell of `key` as text: the value, `<tombstone>`, or absent.
-async fn replica_cells(c: &mut Client, key: &str) -> BTreeMap<String, Option<String>> {
-    let r = c
-        .inspect(InspectRequest {
-            keyspace: KS.into(),
-            key: key.as_bytes().to_vec().into(),
-        })
+    ops::put(c, key, value, level)
         .await
-        .expect("Inspect")
-        .into_inner();
-    let mut out = BTreeMap::new();
-    for replica in r.dcs.into_iter().flat_map(|d| d.replicas) {
-        let cell = match replica.outcome {
-            Some(replica_cell::Outcome::Cell(cell)) => Some(match cell.content {
-                Some(pb::cell::Content::Value(v)) => String::from_utf8_lossy(&v).into_owned(),
-                _ => "<tombstone>".into(),
-            }),
-            _ => None,
-        };
-        out.insert(replica.node_id, cell);
-    }
-    out
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
 }
 
 /// Keys whose replicas do not all hold the same cell.
@@ -61,7 +26,7 @@ async fn diverged(c: &mut Client) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..KEYS {
         let key = format!("k{i}");
-        let cells = replica_cells(c, &key).await;
+        let cells = replica_values(c, &key).await;
         let distinct: BTreeSet<&Option<String>> = cells.values().collect();
         if cells.len() != 3 || distinct.len() != 1 {
             out.push(key);
@@ -118,24 +83,6 @@ async fn diverged_cluster(settings: &[&str], expect_stale: bool) -> (Cluster, Cl
     (cluster, c)
 }
 
-async fn repair_json(cluster: &Cluster) -> Value {
-    let out = kvctl(
-        &[
-            "--dir",
-            cluster.dir_arg(),
-            "-o",
-            "json",
-            "repair",
-            "--keyspace",
-            KS,
-        ],
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(out.success, "kvctl repair failed: {}", out.stderr);
-    serde_json::from_str(&out.stdout).expect("kvctl repair -o json prints JSON")
-}
-
 /// How many (node, keyspace) pairs `kvctl status` warns about.
 async fn status_warnings(cluster: &Cluster) -> usize {
     let out = kvctl(
@@ -171,7 +118,7 @@ async fn kvctl_repair_makes_every_replica_hold_the_merge() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let first = repair_json(&cluster).await;
+    let first = cluster.repair(KS).await;
     let s = &first["summary"];
     assert_eq!(s["ranges_failed"], 0, "{first}");
     assert!(s["ranges_differing"].as_u64().unwrap() > 0, "{first}");
@@ -181,16 +128,16 @@ async fn kvctl_repair_makes_every_replica_hold_the_merge() {
     );
     assert_eq!(diverged(&mut c).await, Vec::<String>::new());
     // Newest wins: the deletes and the overwrite survived the merge.
-    let k0 = replica_cells(&mut c, "k0").await;
+    let k0 = replica_values(&mut c, "k0").await;
     assert!(
         k0.values().all(|v| v.as_deref() == Some("<tombstone>")),
         "{k0:?}"
     );
-    let k5 = replica_cells(&mut c, "k5").await;
+    let k5 = replica_values(&mut c, "k5").await;
     assert!(k5.values().all(|v| v.as_deref() == Some("v2")), "{k5:?}");
 
     // A second pass finds every range's replicas with equal Merkle roots.
-    let second = repair_json(&cluster).await;
+    let second = cluster.repair(KS).await;
     assert_eq!(second["summary"]["ranges_differing"], 0, "{second}");
     assert_eq!(second["summary"]["cells_pushed"], 0, "{second}");
     for range in second["ranges"].as_array().unwrap() {

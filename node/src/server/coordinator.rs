@@ -69,19 +69,9 @@ impl Node {
             self.alive_fn(&route),
         )
         .map_err(|e| route.consistency_error(e, self.alive_fn(&route)))?;
-        // As Cassandra does: each pending replica adds one ack to what the level needs, so a
-        // write acknowledged mid-change is on enough of the replicas that own it afterwards.
-        for dc in pending_dcs {
-            if plan.requirement.counts(dc) {
-                plan.requirement.total += 1;
-            }
-            if let Some(e) = plan.requirement.per_dc.iter_mut().find(|e| e.0 == dc) {
-                e.1 += 1;
-            }
+        if !pending_dcs.is_empty() {
+            self.require_pending(&mut plan, &route, &pending_dcs)?;
         }
-        (plan.requirement)
-            .check_alive(&route.layout, self.alive_fn(&route))
-            .map_err(|u| route.consistency_error(u.into(), self.alive_fn(&route)))?;
         let muts = Arc::new(vec![Mutation {
             key: super::storage::engine_key(&key),
             cell,
@@ -107,6 +97,27 @@ impl Node {
                 message: "the write's coordinator task ended without an answer".into(),
             })
         })
+    }
+
+    /// As Cassandra does: each pending replica adds one ack to what the level needs, so a
+    /// write acknowledged mid-change is on enough of the replicas that own it afterwards.
+    fn require_pending(
+        &self,
+        plan: &mut WritePlan<NodeIdx>,
+        route: &Route,
+        pending_dcs: &[usize],
+    ) -> Result<(), KvError> {
+        for &dc in pending_dcs {
+            if plan.requirement.counts(dc) {
+                plan.requirement.total += 1;
+            }
+            if let Some(e) = plan.requirement.per_dc.iter_mut().find(|e| e.0 == dc) {
+                e.1 += 1;
+            }
+        }
+        (plan.requirement)
+            .check_alive(&route.layout, self.alive_fn(route))
+            .map_err(|u| route.consistency_error(u.into(), self.alive_fn(route)))
     }
 
     async fn drive_write(
