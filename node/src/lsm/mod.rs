@@ -24,6 +24,32 @@ pub use options::{CompactionStrategy, Compression, Options, SyncPolicy};
 
 use bytes::Bytes;
 
+/// Whether a point lookup may read data blocks from files, or must answer from memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockAccess {
+    Read,
+    /// Memtables, the row cache and the block cache only: what an async caller may do on its
+    /// own thread without risking a wait on the disk.
+    CacheOnly,
+}
+
+/// The answer of a lookup that may decline to read from disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cached<T> {
+    Hit(T),
+    /// Answering needs a block that is not in the block cache.
+    Miss,
+}
+
+/// The answer of [`Db::try_write`].
+#[derive(Debug)]
+pub enum TryWrite {
+    Written,
+    /// The write would have waited (a stall, a slowdown, a memtable switch or a WAL fsync), so
+    /// it was not made; the batch is handed back for a thread that may block.
+    WouldWait(Vec<Mutation>),
+}
+
 /// One write in a batch: a key and the cell to merge into it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mutation {

@@ -11,7 +11,7 @@ use client::pb::v1 as pb;
 use super::convert::{cell_from_pb, cell_to_pb};
 use super::Node;
 use crate::cluster::{digest, ReadResponse};
-use crate::lsm::{Cell, Mutation};
+use crate::lsm::{Cached, Cell, Mutation, TryWrite};
 
 /// Where a replica is: enough to reach it and to delay traffic across DCs.
 #[derive(Clone, Debug)]
@@ -109,25 +109,36 @@ impl Node {
             .map_err(|e| ReplicaError::Failed(e.to_string()))
     }
 
-    /// Applies `muts` on this node's storage.
+    /// Applies `muts` on this node's storage: inline when the engine would not wait, which
+    /// spares a hand-off to the blocking pool and back (two thread wake-ups) per write.
     pub async fn apply_local(
         self: &Arc<Self>,
         keyspace: &str,
         muts: Vec<Mutation>,
     ) -> Result<(), ReplicaError> {
+        let failed = |e: super::storage::StorageError| ReplicaError::Failed(e.to_string());
+        let muts = match self.storage.try_apply(keyspace, muts).map_err(failed)? {
+            TryWrite::Written => return Ok(()),
+            TryWrite::WouldWait(muts) => muts,
+        };
         let keyspace = keyspace.to_owned();
         self.blocking(move |n| n.storage.apply(&keyspace, muts))
             .await
     }
 
-    /// This node's raw cell of a user key.
+    /// This node's raw cell of a user key: inline when memory answers, on the blocking pool
+    /// when a block must be read from disk.
     pub async fn read_local(
         self: &Arc<Self>,
         keyspace: &str,
         user_key: &[u8],
     ) -> Result<Option<Cell>, ReplicaError> {
-        let keyspace = keyspace.to_owned();
         let key = super::storage::engine_key(user_key);
+        let failed = |e: super::storage::StorageError| ReplicaError::Failed(e.to_string());
+        if let Cached::Hit(cell) = self.storage.try_read(keyspace, &key).map_err(failed)? {
+            return Ok(cell);
+        }
+        let keyspace = keyspace.to_owned();
         self.blocking(move |n| n.storage.read(&keyspace, &key))
             .await
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::cluster::Schema;
-use crate::lsm::{Cell, Db, Mutation, Options};
+use crate::lsm::{Cached, Cell, Db, Mutation, Options, TryWrite};
 use crate::storage_key;
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +169,22 @@ impl Storage {
         db.write(batch).map_err(Self::engine_err(keyspace))
     }
 
+    /// As [`Storage::apply`] when the engine can take the batch without waiting; never
+    /// blocks. While a cleanup runs every batch is handed back, as it goes to two engines.
+    pub fn try_apply(
+        &self,
+        keyspace: &str,
+        batch: Vec<Mutation>,
+    ) -> Result<TryWrite, StorageError> {
+        let db = (self.keyspaces.read().get(keyspace))
+            .map(|o| o.shadow.is_none().then(|| o.db.clone()))
+            .ok_or_else(|| StorageError::UnknownKeyspace(keyspace.to_owned()))?;
+        match db {
+            Some(db) => db.try_write(batch).map_err(Self::engine_err(keyspace)),
+            None => Ok(TryWrite::WouldWait(batch)),
+        }
+    }
+
     /// Rewrites `keyspace` keeping only cells whose token `keep` accepts, without stopping
     /// writes: a new engine receives every write while the kept cells are copied into it (the
     /// merge rule orders cells by timestamp, so copy and new writes may interleave), then the
@@ -312,6 +328,16 @@ impl Storage {
     pub fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<Cell>, StorageError> {
         let db = self.db(keyspace)?;
         db.get(key).map_err(Self::engine_err(keyspace))
+    }
+
+    /// As [`Storage::read`] from memory only; never blocks.
+    pub fn try_read(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+    ) -> Result<Cached<Option<Cell>>, StorageError> {
+        let db = self.db(keyspace)?;
+        db.try_get(key).map_err(Self::engine_err(keyspace))
     }
 
     /// Up to `limit` cells with engine keys after `after` (or from `start`), up to `end`.

@@ -24,9 +24,9 @@ use super::error::{Error, Result};
 use super::iter::MergeIter;
 use super::manifest::{Manifest, VersionEdit};
 use super::memtable::Memtable;
-use super::options::{CompactionStrategy, Options};
+use super::options::{CompactionStrategy, Options, SyncPolicy};
 use super::wal::Wal;
-use super::Mutation;
+use super::{BlockAccess, Cached, Mutation, TryWrite};
 
 use stats::Counters;
 pub use stats::DbStats;
@@ -109,10 +109,31 @@ impl Db {
         self.inner.write(batch)
     }
 
+    /// As [`Db::write`] when that would not wait for anything but other writers of its WAL
+    /// group (which take microseconds); otherwise hands the batch back untouched, so an async
+    /// caller writes inline in the common case and moves to a blocking thread only when the
+    /// engine is stalling, slowing writes, due to switch memtables, or syncing every write.
+    pub fn try_write(&self, batch: Vec<Mutation>) -> Result<TryWrite> {
+        if self.inner.write_would_wait() {
+            return Ok(TryWrite::WouldWait(batch));
+        }
+        self.inner.write_now(batch)?;
+        Ok(TryWrite::Written)
+    }
+
     /// The merged cell stored for `key`, tombstones and expired cells included (replication
     /// needs to see them); `None` if the key was never written or has been purged.
     pub fn get(&self, key: &[u8]) -> Result<Option<Cell>> {
-        self.inner.get(key)
+        match self.inner.get(key, BlockAccess::Read)? {
+            Cached::Hit(found) => Ok(found),
+            Cached::Miss => unreachable!("a lookup allowed to read always answers"),
+        }
+    }
+
+    /// As [`Db::get`], from memory only: [`Cached::Miss`] when a data block is not in the
+    /// block cache. Never waits on the disk, so an async runtime may call it inline.
+    pub fn try_get(&self, key: &[u8]) -> Result<Cached<Option<Cell>>> {
+        self.inner.get(key, BlockAccess::CacheOnly)
     }
 
     /// The live value of `key` now, if any.
@@ -214,9 +235,30 @@ impl Inner {
         if batch.is_empty() {
             return Ok(());
         }
+        self.throttle_writes()?;
+        self.write_now(batch)?;
+        self.maybe_switch()
+    }
+
+    /// True when a write now would block on more than its WAL group.
+    fn write_would_wait(&self) -> bool {
+        let v = self.current();
+        let leveled = matches!(self.opts.compaction, CompactionStrategy::Leveled { .. });
+        let l0 = if leveled { v.levels[0].len() } else { 0 };
+        self.opts.sync == SyncPolicy::Always
+            || v.imm.len() >= self.opts.immutable_memtables_max
+            || l0 >= self.opts.l0_slowdown_files
+            || self.write_gate.read().approx_bytes() >= self.opts.memtable_bytes
+            || self.wal.needs_rotation()
+    }
+
+    /// Appends to the WAL and inserts into the memtable, without throttling or switching.
+    fn write_now(&self, batch: Vec<Mutation>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let user_bytes = self.validate(&batch)?;
         self.check_open()?;
-        self.throttle_writes()?;
         {
             let mem = self.write_gate.read();
             let seq = self
@@ -229,7 +271,7 @@ impl Inner {
             }
         }
         self.counters.add_user_bytes(user_bytes);
-        self.maybe_switch()
+        Ok(())
     }
 
     fn validate(&self, batch: &[Mutation]) -> Result<u64> {
@@ -335,13 +377,16 @@ impl Inner {
         Ok(())
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Cell>> {
+    fn get(&self, key: &[u8], access: BlockAccess) -> Result<Cached<Option<Cell>>> {
         if let Some(hit) = self.row_cache.get_ref(key) {
-            return Ok(hit);
+            return Ok(Cached::Hit(hit));
         }
         let stripe = self.row_cache_stripe(key);
         let before = stripe.load(Ordering::SeqCst);
-        let found = self.current().get(key, &*self.opts.merge_rule)?;
+        let found = match self.current().get(key, &*self.opts.merge_rule, access)? {
+            Cached::Hit(found) => found,
+            Cached::Miss => return Ok(Cached::Miss),
+        };
         if self.row_cache.is_enabled() && stripe.load(Ordering::SeqCst) == before {
             let charge = key.len()
                 + found.as_ref().map_or(0, |c| c.encoded_len())
@@ -352,7 +397,7 @@ impl Inner {
                 self.row_cache.remove(&key);
             }
         }
-        Ok(found)
+        Ok(Cached::Hit(found))
     }
 
     /// Called after the stored cell of `key` changed.

@@ -526,3 +526,81 @@ fn reopening_in_a_tight_loop_never_trips_over_the_previous_instance() {
     let db = Db::open(dir.path(), small_opts(clock)).unwrap();
     assert!((0..40u64).all(|i| live(&db, &i.to_be_bytes()).is_some()));
 }
+
+#[test]
+fn try_get_answers_from_memory_and_declines_a_block_not_in_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let opts = || Options {
+        row_cache_bytes: 0,
+        ..small_opts(clock.clone())
+    };
+    {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        db.put(b"on-disk", Cell::value(ts(1), "a")).unwrap();
+        db.flush().unwrap();
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    db.put(b"in-memtable", Cell::value(ts(2), "b")).unwrap();
+    let hit = |c: Cell| Cached::Hit(Some(c));
+    assert_eq!(
+        db.try_get(b"in-memtable").unwrap(),
+        hit(Cell::value(ts(2), "b"))
+    );
+    assert_eq!(db.try_get(b"on-disk").unwrap(), Cached::Miss);
+    // The bloom filter and the index are in memory: an absent key needs no block.
+    assert_eq!(db.try_get(b"absent").unwrap(), Cached::Hit(None));
+    assert_eq!(db.get(b"on-disk").unwrap(), Some(Cell::value(ts(1), "a")));
+    assert_eq!(
+        db.try_get(b"on-disk").unwrap(),
+        hit(Cell::value(ts(1), "a"))
+    );
+}
+
+#[test]
+fn try_write_hands_back_a_batch_that_would_wait_and_writes_nothing_of_it() {
+    let batch = |k: &[u8], v: &'static str| {
+        vec![Mutation {
+            key: Bytes::copy_from_slice(k),
+            cell: Cell::value(ts(1), v),
+        }]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let synced = Options {
+        sync: SyncPolicy::Always,
+        ..small_opts(clock.clone())
+    };
+    {
+        let db = Db::open(dir.path(), synced).unwrap();
+        match db.try_write(batch(b"k", "fsynced")).unwrap() {
+            TryWrite::WouldWait(back) => assert_eq!(back, batch(b"k", "fsynced")),
+            TryWrite::Written => panic!("a write that fsyncs must not be made inline"),
+        }
+        assert_eq!(db.get(b"k").unwrap(), None);
+    }
+    let db = Db::open(dir.path(), small_opts(clock)).unwrap();
+    assert!(matches!(
+        db.try_write(batch(b"k", "inline")).unwrap(),
+        TryWrite::Written
+    ));
+    assert_eq!(live(&db, b"k").as_deref(), Some(&b"inline"[..]));
+    let big = Cell::value(ts(2), Bytes::from(vec![b'x'; 70 * 1024]));
+    let full = vec![Mutation {
+        key: Bytes::from_static(b"big"),
+        cell: big.clone(),
+    }];
+    assert!(matches!(db.try_write(full).unwrap(), TryWrite::Written));
+    // The memtable is past its size now: the next write would switch it, which does file I/O.
+    assert!(matches!(
+        db.try_write(batch(b"next", "later")).unwrap(),
+        TryWrite::WouldWait(_)
+    ));
+    db.write(batch(b"next", "later")).unwrap();
+    assert!(matches!(
+        db.try_write(batch(b"after", "switch")).unwrap(),
+        TryWrite::Written
+    ));
+    assert_eq!(db.get(b"big").unwrap(), Some(big));
+}

@@ -12,6 +12,7 @@ use crate::lsm::error::Result;
 use crate::lsm::iter::{MemtableIter, Source};
 use crate::lsm::memtable::Memtable;
 use crate::lsm::sstable::{Table, TableIter};
+use crate::lsm::{BlockAccess, Cached};
 
 pub struct Version {
     /// The memtable taking writes.
@@ -100,7 +101,12 @@ impl Version {
 
     /// The merged cell for `key`, tombstones included. Sources are visited newest first and
     /// skipped once the merge rule says nothing older can change the answer.
-    pub fn get(&self, key: &[u8], rule: &dyn MergeRule) -> Result<Option<Cell>> {
+    pub fn get(
+        &self,
+        key: &[u8],
+        rule: &dyn MergeRule,
+        access: BlockAccess,
+    ) -> Result<Cached<Option<Cell>>> {
         let mut found: Option<Cell> = None;
         let settled = |found: &Option<Cell>, older_max: u64| {
             found.as_ref().is_some_and(|f| rule.settles(f, older_max))
@@ -112,10 +118,13 @@ impl Version {
         }
         for table in self.candidate_tables(key) {
             if !settled(&found, table.meta().props.max_timestamp) && table.may_contain(key) {
-                found = merge_opt(rule, found, table.get(key)?);
+                match table.lookup(key, access)? {
+                    Cached::Hit(cell) => found = merge_opt(rule, found, cell),
+                    Cached::Miss => return Ok(Cached::Miss),
+                }
             }
         }
-        Ok(found)
+        Ok(Cached::Hit(found))
     }
 
     /// Tables that may hold `key`: every L0 table, then at most one per deeper level.

@@ -22,6 +22,7 @@ use crate::lsm::cache::BlockCache;
 use crate::lsm::cell::Cell;
 use crate::lsm::codec::get_varint;
 use crate::lsm::error::{Error, IoContext, Result};
+use crate::lsm::{BlockAccess, Cached};
 
 /// A decompressed block may not claim more: the largest entry (a 64 KiB key and a 256 MiB
 /// value, the option limits) fits with room to spare.
@@ -111,22 +112,39 @@ impl Table {
 
     /// Point lookup: the bloom filter, a binary search of the index, one block.
     pub fn get(&self, key: &[u8]) -> Result<Option<Cell>> {
+        match self.lookup(key, BlockAccess::Read)? {
+            Cached::Hit(found) => Ok(found),
+            Cached::Miss => unreachable!("a lookup allowed to read always answers"),
+        }
+    }
+
+    /// Point lookup that reads a data block from the file only if `access` allows it; the
+    /// bloom filter and the index are always in memory.
+    pub fn lookup(&self, key: &[u8], access: BlockAccess) -> Result<Cached<Option<Cell>>> {
         if !self.may_contain(key) {
-            return Ok(None);
+            return Ok(Cached::Hit(None));
         }
         let i = self.index.find(key);
         if i == self.index.len() {
-            return Ok(None);
+            return Ok(Cached::Hit(None));
         }
         let offset = self.index.handle(i).offset;
-        let mut cursor = BlockCursor::new(self.data_block(i, true)?);
+        let block = match access {
+            BlockAccess::Read => self.data_block(i, true)?,
+            BlockAccess::CacheOnly => match self.cached_data_block(i)? {
+                Some(block) => block,
+                None => return Ok(Cached::Miss),
+            },
+        };
+        let mut cursor = BlockCursor::new(block);
         let found = cursor
             .seek(key)
             .map_err(|e| self.block_corruption(offset, e))?;
         if !found || cursor.key() != key {
-            return Ok(None);
+            return Ok(Cached::Hit(None));
         }
-        self.decode_cell(&cursor.value(), offset).map(Some)
+        self.decode_cell(&cursor.value(), offset)
+            .map(|c| Cached::Hit(Some(c)))
     }
 
     /// An iterator from the first entry; `fill_cache = false` keeps a one-off scan (compaction)
@@ -146,6 +164,17 @@ impl Table {
 
     pub(super) fn block_offset(&self, i: usize) -> u64 {
         self.index.handle(i).offset
+    }
+
+    /// Data block `i` if the block cache holds it.
+    fn cached_data_block(&self, i: usize) -> Result<Option<Block>> {
+        let handle = self.index.handle(i);
+        match self.cache.get(&(self.meta.file_number, handle.offset)) {
+            Some(bytes) => Block::parse(bytes)
+                .map(Some)
+                .map_err(|e| self.block_corruption(handle.offset, e)),
+            None => Ok(None),
+        }
     }
 
     /// Data block `i` from the cache, or read, verified and decompressed from the file.
