@@ -152,12 +152,41 @@ fn internode_messages_round_trip() {
         target_node_id: "dc2-n3".into(),
         hints: vec![inode::Hint {
             keyspace: "app".into(),
-            mutation: Some(mutation),
+            mutation: Some(mutation.clone()),
             hinted_at_ms: 1_700_000_000_000,
         }],
     });
-    round_trip(&inode::ReplicaReadResponse {
-        cell: Some(tombstone(9)),
+    round_trip(&inode::PipeRequest {
+        sender: None,
+        target_node_id: "dc1-n3".into(),
+        ops: vec![
+            inode::PipeOp {
+                id: 1,
+                keyspace: "app".into(),
+                op: Some(inode::pipe_op::Op::Write(inode::PipeWrite {
+                    mutations: vec![mutation.clone()],
+                })),
+            },
+            inode::PipeOp {
+                id: 2,
+                keyspace: "app".into(),
+                op: Some(inode::pipe_op::Op::DigestKey(b"k".to_vec().into())),
+            },
+        ],
+    });
+    round_trip(&inode::PipeResponse {
+        results: vec![
+            inode::PipeResult {
+                id: 2,
+                result: Some(inode::pipe_result::Result::Read(inode::PipeCell {
+                    cell: Some(tombstone(9)),
+                })),
+            },
+            inode::PipeResult {
+                id: 1,
+                result: Some(inode::pipe_result::Result::Digest(u64::MAX)),
+            },
+        ],
     });
     round_trip(&inode::GossipAck {
         states: vec![inode::EndpointState {

@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status};
 use super::convert::{cell_to_pb, digest_from_pb, endpoint_from_pb, endpoint_to_pb};
 use super::replica::{from_pb_mutations, Target};
 use super::Node;
-use crate::cluster::digest;
 use crate::cluster::gossip::{Ack2, Digest};
 use crate::lsm::Mutation;
 
@@ -56,38 +55,36 @@ fn failed(message: String) -> Status {
     Status::failed_precondition(message)
 }
 
+/// Refuses traffic from another cluster.
+pub fn check_sender(node: &Node, sender: &Option<ipb::Sender>) -> Result<(), Status> {
+    let cluster = sender.as_ref().map_or("", |s| s.cluster.as_str());
+    if cluster != node.config.cluster_name {
+        return Err(failed(format!(
+            "sender belongs to cluster {cluster:?}, this node to {:?}",
+            node.config.cluster_name
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses traffic meant for the node this one replaced on the same address.
+pub fn check_target(node: &Node, target: &str) -> Result<(), Status> {
+    if target != node.me.0 {
+        return Err(failed(format!(
+            "meant for node {target:?}, this is {:?}",
+            node.me.0
+        )));
+    }
+    Ok(())
+}
+
 impl InternodeService {
-    /// Refuses traffic from another cluster.
     fn check_sender(&self, sender: &Option<ipb::Sender>) -> Result<(), Status> {
-        let cluster = sender.as_ref().map_or("", |s| s.cluster.as_str());
-        if cluster != self.node.config.cluster_name {
-            return Err(failed(format!(
-                "sender belongs to cluster {cluster:?}, this node to {:?}",
-                self.node.config.cluster_name
-            )));
-        }
-        Ok(())
+        check_sender(&self.node, sender)
     }
 
     fn check_target(&self, target: &str) -> Result<(), Status> {
-        if target != self.node.me.0 {
-            return Err(failed(format!(
-                "meant for node {target:?}, this is {:?}",
-                self.node.me.0
-            )));
-        }
-        Ok(())
-    }
-
-    async fn read(
-        &self,
-        sender: &Option<ipb::Sender>,
-        keyspace: &str,
-        key: &[u8],
-    ) -> Result<Option<crate::lsm::Cell>, Status> {
-        self.check_sender(sender)?;
-        super::convert::check_key(key, "key").map_err(status)?;
-        (self.node.read_local(keyspace, key).await).map_err(|e| Status::unavailable(e.to_string()))
+        check_target(&self.node, target)
     }
 
     async fn apply(&self, keyspace: &str, muts: Vec<ipb::ReplicaMutation>) -> Result<(), Status> {
@@ -97,43 +94,27 @@ impl InternodeService {
     }
 }
 
+type PipeStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::PipeResponse, Status>> + Send>>;
 type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::ReplicaAck, Status>> + Send>>;
 type ChunkStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::StreamRangesChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Internode for InternodeService {
-    async fn replica_write(
-        &self,
-        request: Request<ipb::ReplicaWriteRequest>,
-    ) -> Result<Response<ipb::ReplicaWriteResponse>, Status> {
-        let r = request.into_inner();
-        self.check_sender(&r.sender)?;
-        self.check_target(&r.target_node_id)?;
-        self.apply(&r.keyspace, r.mutations).await?;
-        Ok(Response::new(ipb::ReplicaWriteResponse {}))
-    }
+    type PipeStream = PipeStream;
 
-    async fn replica_read(
+    async fn pipe(
         &self,
-        request: Request<ipb::ReplicaReadRequest>,
-    ) -> Result<Response<ipb::ReplicaReadResponse>, Status> {
-        let r = request.into_inner();
-        let cell = self.read(&r.sender, &r.keyspace, &r.key).await?;
-        Ok(Response::new(ipb::ReplicaReadResponse {
-            cell: cell.as_ref().map(cell_to_pb),
-        }))
-    }
-
-    async fn digest_read(
-        &self,
-        request: Request<ipb::DigestReadRequest>,
-    ) -> Result<Response<ipb::DigestReadResponse>, Status> {
-        let r = request.into_inner();
-        let cell = self.read(&r.sender, &r.keyspace, &r.key).await?;
-        Ok(Response::new(ipb::DigestReadResponse {
-            digest: digest(cell.as_ref()),
-        }))
+        request: Request<tonic::Streaming<ipb::PipeRequest>>,
+    ) -> Result<Response<PipeStream>, Status> {
+        let (tx, rx) = mpsc::channel(super::pipe::PIPE_RESPONSES_QUEUED);
+        tokio::spawn(super::pipe::serve(
+            self.node.clone(),
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn replica_scan(

@@ -13,6 +13,7 @@ mod latency;
 mod membership;
 mod metrics;
 mod peers;
+mod pipe;
 mod repair;
 mod replica;
 mod route;

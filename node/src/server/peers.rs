@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use client::pb::internode::v1::internode_client::InternodeClient;
@@ -11,6 +12,8 @@ use client::pb::internode::v1::Sender;
 use dashmap::DashMap;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
+
+use super::pipe::Pipe;
 
 /// A peer that does not accept a connection within this long is treated as failed for the
 /// request; the failure detector, not this timeout, decides whether it is down.
@@ -26,6 +29,7 @@ pub struct Peers {
     me: String,
     dc: String,
     channels: DashMap<String, Internode>,
+    pipes: DashMap<String, Arc<Pipe>>,
     wan_latency_ms: BTreeMap<String, u64>,
     /// Connections leave from the internode listen address, so a peer (and a firewall rule
     /// cutting DCs apart, on loopback where every address would otherwise send as 127.0.0.1)
@@ -48,6 +52,7 @@ impl Peers {
             me: me.to_owned(),
             dc: dc.to_owned(),
             channels: DashMap::new(),
+            pipes: DashMap::new(),
             wan_latency_ms,
             local_ip: Some(listen_ip).filter(|ip| !ip.is_unspecified()),
         }
@@ -94,6 +99,37 @@ impl Peers {
         }
         self.channels.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// The pipe to node `node_id` at `address` in `dc`, opened on first use and again after
+    /// it closes (the peer restarted, or another node took the address).
+    pub fn pipe(
+        &self,
+        address: &str,
+        dc: &str,
+        node_id: &str,
+    ) -> Result<Arc<Pipe>, tonic::transport::Error> {
+        let key = format!("{address}/{node_id}");
+        if let Some(p) = self.pipes.get(&key).filter(|p| !p.is_closed()) {
+            return Ok(p.clone());
+        }
+        if self.pipes.len() >= CHANNELS_MAX {
+            self.pipes.clear();
+        }
+        let open = || -> Result<Arc<Pipe>, tonic::transport::Error> {
+            let client = self.client(address, Some(dc))?;
+            Ok(Arc::new(Pipe::open(
+                client,
+                self.sender(),
+                node_id.to_owned(),
+            )))
+        };
+        // Under the entry's lock, so callers racing to reopen share one pipe.
+        let mut entry = self.pipes.entry(key).or_try_insert_with(open)?;
+        if entry.is_closed() {
+            *entry = open()?;
+        }
+        Ok(entry.clone())
     }
 
     /// The simulated one-way delay to a node in `dc`.

@@ -58,6 +58,12 @@ fn from_status(s: tonic::Status) -> ReplicaError {
     }
 }
 
+fn unexpected(answer: ipb::pipe_result::Result) -> ReplicaError {
+    ReplicaError::Failed(format!(
+        "the replica answered another operation: {answer:?}"
+    ))
+}
+
 pub fn to_pb_mutations(muts: &[Mutation]) -> Vec<ipb::ReplicaMutation> {
     (muts.iter())
         .map(|m| ipb::ReplicaMutation {
@@ -154,23 +160,29 @@ impl Node {
         if self.is_local(t) {
             return self.apply_local(keyspace, muts.to_vec()).await;
         }
-        let mut request = tonic::Request::new(ipb::ReplicaWriteRequest {
-            sender: self.peers.sender(),
-            keyspace: keyspace.to_owned(),
+        let op = ipb::pipe_op::Op::Write(ipb::PipeWrite {
             mutations: to_pb_mutations(&muts),
-            target_node_id: t.id.clone(),
         });
-        request.set_timeout(remaining(deadline)?);
-        let mut client = self
-            .peers
-            .client(&t.address, Some(&t.dc))
-            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
-        let call = self.peers.call(&t.dc, client.replica_write(request));
-        match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(s)) => Err(from_status(s)),
-            Err(_) => Err(ReplicaError::Timeout),
+        match self.pipe_call(t, keyspace, op, deadline).await? {
+            ipb::pipe_result::Result::Written(_) => Ok(()),
+            other => Err(unexpected(other)),
         }
+    }
+
+    /// One operation on a remote replica through its pipe, within the deadline and the
+    /// simulated WAN delay.
+    async fn pipe_call(
+        self: &Arc<Self>,
+        t: &Target,
+        keyspace: &str,
+        op: ipb::pipe_op::Op,
+        deadline: Instant,
+    ) -> Result<ipb::pipe_result::Result, ReplicaError> {
+        remaining(deadline)?;
+        let pipe = (self.peers.pipe(&t.address, &t.dc, &t.id))
+            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        let call = self.peers.call(&t.dc, pipe.call(keyspace, op));
+        (tokio::time::timeout_at(deadline.into(), call).await).unwrap_or(Err(ReplicaError::Timeout))
     }
 
     /// Reads one replica's cell, or its digest.
@@ -207,44 +219,21 @@ impl Node {
                 false => ReadResponse::Data(cell),
             });
         }
-        let timeout = remaining(deadline)?;
-        let mut client = self
-            .peers
-            .client(&t.address, Some(&t.dc))
-            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
-        let sender = self.peers.sender();
-        let call = async {
-            if want_digest {
-                let mut r = tonic::Request::new(ipb::DigestReadRequest {
-                    sender,
-                    keyspace: keyspace.to_owned(),
-                    key: key.clone(),
-                });
-                r.set_timeout(timeout);
-                let d = client.digest_read(r).await.map_err(from_status)?;
-                Ok(ReadResponse::Digest(d.into_inner().digest))
-            } else {
-                let mut r = tonic::Request::new(ipb::ReplicaReadRequest {
-                    sender,
-                    keyspace: keyspace.to_owned(),
-                    key: key.clone(),
-                });
-                r.set_timeout(timeout);
-                let resp = client
-                    .replica_read(r)
-                    .await
-                    .map_err(from_status)?
-                    .into_inner();
-                let cell = (resp.cell)
+        let key = key.clone();
+        let op = match want_digest {
+            true => ipb::pipe_op::Op::DigestKey(key),
+            false => ipb::pipe_op::Op::ReadKey(key),
+        };
+        match self.pipe_call(t, keyspace, op, deadline).await? {
+            ipb::pipe_result::Result::Digest(d) if want_digest => Ok(ReadResponse::Digest(d)),
+            ipb::pipe_result::Result::Read(r) if !want_digest => {
+                let cell = (r.cell)
                     .map(|c| cell_from_pb(c, "cell"))
                     .transpose()
                     .map_err(|e| ReplicaError::Failed(e.to_string()))?;
                 Ok(ReadResponse::Data(cell))
             }
-        };
-        match tokio::time::timeout_at(deadline.into(), self.peers.call(&t.dc, call)).await {
-            Ok(r) => r,
-            Err(_) => Err(ReplicaError::Timeout),
+            other => Err(unexpected(other)),
         }
     }
 

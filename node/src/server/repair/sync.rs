@@ -20,7 +20,7 @@ use crate::lsm::{Cell, LastWriteWins, MergeRule, Mutation};
 /// Cells per page read from a replica.
 const PAGE: u32 = 1_000;
 /// A group's pending writes are sent once they reach either bound; well under the 32 MiB
-/// ReplicaWrite limit.
+/// internode message limit.
 const PUSH_CELLS: usize = 1_000;
 const PUSH_BYTES: u64 = 4 << 20;
 

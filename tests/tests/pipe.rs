@@ -1,0 +1,185 @@
+//! The internode pipe against a real kv-node: who may open one, and that each operation of a
+//! batch succeeds or fails on its own.
+
+use std::time::Duration;
+
+use client::pb::internode::v1::internode_client::InternodeClient;
+use client::pb::internode::v1::{
+    self as ipb, pipe_op::Op, pipe_result::Result as Answer, PipeOp, PipeRequest, PipeWrite,
+    ReplicaMutation,
+};
+use client::pb::v1::{cell, Cell, ConsistencyLevel};
+use cluster_tests::ops::{create_keyspace, get, KS};
+use cluster_tests::Cluster;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Pipe {
+    tx: mpsc::Sender<PipeRequest>,
+    results: tonic::Streaming<ipb::PipeResponse>,
+}
+
+impl Pipe {
+    async fn open(address: &str, cluster: &str, target: &str, first: Vec<PipeOp>) -> Pipe {
+        let mut client = InternodeClient::connect(format!("http://{address}"))
+            .await
+            .expect("internode port answers");
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(PipeRequest {
+            sender: Some(ipb::Sender {
+                cluster: cluster.into(),
+                node_id: "a-test".into(),
+            }),
+            target_node_id: target.into(),
+            ops: first,
+        })
+        .await
+        .expect("queued");
+        let results = client
+            .pipe(ReceiverStream::new(rx))
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        Pipe { tx, results }
+    }
+
+    /// Every result of the operations sent, by id, or the status that ended the stream.
+    async fn answers(&mut self, count: usize) -> Result<Vec<(u64, Answer)>, tonic::Status> {
+        let mut out = Vec::new();
+        while out.len() < count {
+            let next = tokio::time::timeout(TIMEOUT, self.results.message()).await;
+            let batch = next
+                .expect("an answer in time")?
+                .expect("the stream stays open");
+            out.extend(
+                batch
+                    .results
+                    .into_iter()
+                    .map(|r| (r.id, r.result.expect("set"))),
+            );
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+}
+
+fn op(id: u64, keyspace: &str, op: Op) -> PipeOp {
+    PipeOp {
+        id,
+        keyspace: keyspace.into(),
+        op: Some(op),
+    }
+}
+
+fn write(key: &[u8], value: &str) -> Op {
+    Op::Write(PipeWrite {
+        mutations: vec![ReplicaMutation {
+            key: key.to_vec().into(),
+            cell: Some(Cell {
+                timestamp: 1 << 40,
+                content: Some(cell::Content::Value(value.as_bytes().to_vec().into())),
+                ..Default::default()
+            }),
+        }],
+    })
+}
+
+fn error_code(answer: &Answer) -> Option<Code> {
+    match answer {
+        Answer::Error(e) => Some(Code::from_i32(e.code)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
+    let cluster = Cluster::up(1, 1).await;
+    let node = cluster.nodes()[0].clone();
+    let mut c = cluster.client(&node.id).await;
+    create_keyspace(&mut c, &[("dc1", 1)]).await;
+    let address = &node.internode_address;
+
+    let mut stranger = Pipe::open(address, "another-cluster", &node.id, vec![]).await;
+    let refused = stranger
+        .answers(1)
+        .await
+        .expect_err("another cluster is refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("another-cluster"), "{refused:?}");
+    let mut misdirected = Pipe::open(address, "kv", "dc9-n9", vec![]).await;
+    let refused = misdirected
+        .answers(1)
+        .await
+        .expect_err("another target is refused");
+    assert!(refused.message().contains("dc9-n9"), "{refused:?}");
+
+    let writes = vec![
+        op(1, KS, write(b"good", "v1")),
+        op(2, KS, write(b"", "empty key")),
+        op(3, "no_such_keyspace", write(b"k", "v")),
+        PipeOp {
+            id: 4,
+            keyspace: KS.into(),
+            op: None,
+        },
+        op(5, KS, write(b"also-good", "v5")),
+    ];
+    let mut pipe = Pipe::open(address, "kv", &node.id, writes).await;
+    let answers = pipe.answers(5).await.expect("answers");
+    assert!(matches!(answers[0].1, Answer::Written(_)), "{answers:?}");
+    assert_eq!(error_code(&answers[1].1), Some(Code::InvalidArgument));
+    assert!(error_code(&answers[2].1).is_some(), "{answers:?}");
+    assert_eq!(error_code(&answers[3].1), Some(Code::InvalidArgument));
+    assert!(matches!(answers[4].1, Answer::Written(_)), "{answers:?}");
+    let got = get(&mut c, "good", ConsistencyLevel::One).await;
+    assert_eq!(got.expect("read").as_deref(), Some("v1"));
+
+    let reads = vec![
+        op(6, KS, Op::ReadKey(b"also-good".to_vec().into())),
+        op(7, KS, Op::DigestKey(b"also-good".to_vec().into())),
+        op(8, KS, Op::DigestKey(b"never-written".to_vec().into())),
+    ];
+    pipe.tx
+        .send(PipeRequest {
+            ops: reads,
+            ..Default::default()
+        })
+        .await
+        .expect("the pipe is still open after per-operation errors");
+    let answers = pipe.answers(3).await.expect("answers");
+    let Answer::Read(read) = &answers[0].1 else {
+        panic!("{answers:?}")
+    };
+    let content = read.cell.as_ref().and_then(|c| c.content.clone());
+    assert_eq!(content, Some(cell::Content::Value(b"v5".to_vec().into())));
+    let (Answer::Digest(held), Answer::Digest(none)) = (&answers[1].1, &answers[2].1) else {
+        panic!("{answers:?}")
+    };
+    assert_ne!(held, none, "a held cell and no cell digest differently");
+
+    let too_many = (0..4097)
+        .map(|i| op(100 + i, KS, write(b"x", "y")))
+        .collect();
+    pipe.tx
+        .send(PipeRequest {
+            ops: too_many,
+            ..Default::default()
+        })
+        .await
+        .expect("queued");
+    let refused = pipe
+        .answers(1)
+        .await
+        .expect_err("an oversized batch ends the pipe");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("4097"), "{refused:?}");
+    let got = get(&mut c, "x", ConsistencyLevel::One).await;
+    assert_eq!(
+        got.expect("read"),
+        None,
+        "no operation of a refused batch is applied"
+    );
+}
