@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client::KvError;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use topology::{NodeIdx, Token};
 
@@ -136,8 +137,17 @@ impl Node {
             contacted.iter().copied(),
             0,
         );
+        // Local-DC replicas are awaited right here rather than each in a task of its own;
+        // remote DCs report through the channel as their forwarders stream acks back.
+        let node = &self;
+        let mut local: FuturesUnordered<_> = (plan.local.iter())
+            .map(|&n| {
+                let (target, muts, ks) = (self.target(&route, n), muts.clone(), &keyspace);
+                async move { (n, node.write_replica(&target, ks, muts, deadline).await) }
+            })
+            .collect();
         let (tx, mut rx) = mpsc::channel::<(NodeIdx, bool)>(contacted.len().max(1));
-        self.send_writes(&route, &plan, &keyspace, &muts, deadline, &tx);
+        self.send_forwards(&route, &plan, &keyspace, &muts, deadline, &tx);
         drop(tx);
         let mut done = Some(done);
         let hinted_now = self
@@ -158,16 +168,21 @@ impl Node {
                 break;
             }
             let msg = tokio::select! {
-                m = rx.recv() => m,
+                Some((n, outcome)) = local.next() => Some((n, counted(outcome))),
+                Some((n, ok)) = rx.recv() => Some((n, Some(ok))),
                 _ = tokio::time::sleep_until(deadline.into()) => None,
             };
             let Some((n, ok)) = msg else { break };
             answered += 1;
-            if ok {
-                tracker.ack(n);
-                acked.push(n);
-            } else {
-                tracker.fail(n);
+            match ok {
+                Some(true) => {
+                    tracker.ack(n);
+                    acked.push(n);
+                }
+                Some(false) => {
+                    tracker.fail(n);
+                }
+                None => {}
             }
         }
         let missed: Vec<NodeIdx> = (contacted.iter().copied())
@@ -186,7 +201,8 @@ impl Node {
         }
     }
 
-    fn send_writes(
+    /// One ForwardWrite per remote DC, each in a task that reports acks as they stream in.
+    fn send_forwards(
         self: &Arc<Self>,
         route: &Route,
         plan: &WritePlan<NodeIdx>,
@@ -195,17 +211,6 @@ impl Node {
         deadline: Instant,
         tx: &mpsc::Sender<(NodeIdx, bool)>,
     ) {
-        for &n in &plan.local {
-            let (node, tx, muts, ks) =
-                (self.clone(), tx.clone(), muts.clone(), keyspace.to_owned());
-            let target = self.target(route, n);
-            tokio::spawn(async move {
-                let outcome = node.write_replica(&target, &ks, muts, deadline).await;
-                if let Some(ok) = counted(outcome) {
-                    let _ = tx.send((n, ok)).await;
-                }
-            });
-        }
         for (_, nodes) in &plan.remote {
             let targets: Vec<(NodeIdx, Target)> =
                 nodes.iter().map(|&n| (n, self.target(route, n))).collect();
@@ -279,11 +284,19 @@ impl Node {
             Instant::now() + Duration::from_millis(self.config.coordinator.read_timeout_ms);
         let mut tracker =
             ResponseTracker::new(plan.requirement.clone(), &route.layout, plan.contacted(), 0);
-        let cap = route.layout.replicas().count().max(1);
-        let (tx, mut rx) = mpsc::channel::<(NodeIdx, Option<ReadResponse>)>(cap);
-        self.send_read(&route, plan.data, keyspace, &key, false, deadline, &tx);
+        // Awaited here, not in tasks: once the level is met the rest are dropped, and the
+        // pipe forgets them.
+        let read = |n: NodeIdx, want_digest: bool| {
+            let (target, key) = (self.target(&route, n), &key);
+            async move {
+                let r = (self.read_replica(&target, keyspace, key, want_digest, deadline)).await;
+                (n, r.ok())
+            }
+        };
+        let mut reads = FuturesUnordered::new();
+        reads.push(read(plan.data, false));
         for &n in &plan.digests {
-            self.send_read(&route, n, keyspace, &key, true, deadline, &tx);
+            reads.push(read(n, true));
         }
         let mut spares = plan.spare.clone().into_iter();
         let retry_after = self.latencies.retry_after(route.id(plan.data));
@@ -307,7 +320,7 @@ impl Node {
             }
             let wake = retry_at.map_or(deadline, |r| r.min(deadline));
             let msg = tokio::select! {
-                m = rx.recv() => m,
+                Some(m) = reads.next() => Some(m),
                 _ = tokio::time::sleep_until(wake.into()) => None,
             };
             match msg {
@@ -328,35 +341,14 @@ impl Node {
                     if let Some(n) = spares.next() {
                         self.metrics.speculative_retries.add(1);
                         tracker.contact(n);
-                        self.send_read(&route, n, keyspace, &key, false, deadline, &tx);
+                        reads.push(read(n, false));
                     }
                 }
             }
         }
-        drop(tx);
+        drop(reads);
         self.settle_read(&route, keyspace, &key, responses, deadline)
             .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_read(
-        self: &Arc<Self>,
-        route: &Route,
-        n: NodeIdx,
-        keyspace: &str,
-        key: &Bytes,
-        want_digest: bool,
-        deadline: Instant,
-        tx: &mpsc::Sender<(NodeIdx, Option<ReadResponse>)>,
-    ) {
-        let (node, tx, ks, key) = (self.clone(), tx.clone(), keyspace.to_owned(), key.clone());
-        let target = self.target(route, n);
-        tokio::spawn(async move {
-            let r = node
-                .read_replica(&target, &ks, &key, want_digest, deadline)
-                .await;
-            let _ = tx.send((n, r.ok())).await;
-        });
     }
 
     /// Compares digests with the data response; on a mismatch fetches full data from the
