@@ -248,6 +248,7 @@ mod tests {
                 Bytes::from(i.to_be_bytes().to_vec()),
                 i as u64,
                 Cell::value(1, "v"),
+                &LastWriteWins,
             );
         }
         let start = Bound::Included(Bytes::from(10u32.to_be_bytes().to_vec()));

@@ -1,8 +1,10 @@
 //! The in-memory write buffer: a lock-free skip list of (key, sequence) -> cell.
 //!
-//! Every write is a new entry, so concurrent writers never race on a read-modify-write; the
-//! versions of one key sit next to each other (newest sequence first) and are combined with the
-//! merge rule when read or flushed.
+//! A write merges with the key's cell already here (under a lock striped by key, so concurrent
+//! writers of one key do not lose each other's cells) and replaces it, so a key holds one entry
+//! however often it is written, as a Cassandra memtable partition does. Readers see no gap: the
+//! merged entry goes in before the old one comes out, and while both are there reads and
+//! flushes merge them, as the newest sequence sorts first.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -10,12 +12,16 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtOrd};
 
 use bytes::Bytes;
+use crossbeam_skiplist::map::Entry;
 use crossbeam_skiplist::SkipMap;
+use parking_lot::Mutex;
 
 use super::cell::{Cell, MergeRule};
 
 /// Bytes charged per entry on top of key and value: skip-list node, tower and `Bytes` headers.
 const ENTRY_OVERHEAD_BYTES: usize = 80;
+/// Locks that serialise the merge-and-replace of writes to one key; a power of two.
+const WRITE_STRIPES: usize = 64;
 
 /// A skip-list key. `prefix` holds the key's first 8 bytes so most comparisons during a
 /// search finish on the node itself, without following `key` to another allocation.
@@ -121,8 +127,14 @@ impl PartialEq for MemKey {
 
 impl Eq for MemKey {}
 
+/// What an entry costs the memtable's size budget.
+fn charge(key: &[u8], cell: &Cell) -> usize {
+    key.len() + cell.encoded_len() + ENTRY_OVERHEAD_BYTES
+}
+
 pub struct Memtable {
     map: SkipMap<MemKey, Cell>,
+    write_stripes: [Mutex<()>; WRITE_STRIPES],
     approx_bytes: AtomicUsize,
     min_timestamp: AtomicU64,
     max_timestamp: AtomicU64,
@@ -135,6 +147,7 @@ impl Memtable {
     pub fn new(wal_segments: Vec<u64>) -> Self {
         Memtable {
             map: SkipMap::new(),
+            write_stripes: std::array::from_fn(|_| Mutex::new(())),
             approx_bytes: AtomicUsize::new(0),
             min_timestamp: AtomicU64::new(u64::MAX),
             max_timestamp: AtomicU64::new(0),
@@ -143,14 +156,36 @@ impl Memtable {
         }
     }
 
-    pub fn insert(&self, key: Bytes, seq: u64, cell: Cell) {
-        let charge = key.len() + cell.encoded_len() + ENTRY_OVERHEAD_BYTES;
+    /// Merges `cell` into the key's entry with `rule`.
+    pub fn insert(&self, key: Bytes, seq: u64, cell: Cell, rule: &dyn MergeRule) {
         self.min_timestamp.fetch_min(cell.timestamp, AtOrd::Relaxed);
         self.max_timestamp.fetch_max(cell.timestamp, AtOrd::Relaxed);
         self.max_seq.fetch_max(seq, AtOrd::Relaxed);
+        let stripe = xxhash_rust::xxh3::xxh3_64(&key) as usize & (WRITE_STRIPES - 1);
+        let _serialised = self.write_stripes[stripe].lock();
+        let older = self.newest_entry(&key);
+        let (cell, freed) = match &older {
+            Some(e) => (
+                rule.merge(e.value().clone(), cell),
+                charge(&e.key().key, e.value()),
+            ),
+            None => (cell, 0),
+        };
+        let added = charge(&key, &cell);
         let prefix = key_prefix(&key);
         self.map.insert(MemKey { prefix, key, seq }, cell);
-        self.approx_bytes.fetch_add(charge, AtOrd::Relaxed);
+        if let Some(e) = older {
+            e.remove();
+        }
+        self.approx_bytes.fetch_add(added, AtOrd::Relaxed);
+        self.approx_bytes.fetch_sub(freed, AtOrd::Relaxed);
+    }
+
+    fn newest_entry(&self, key: &[u8]) -> Option<Entry<'_, MemKey, Cell>> {
+        let lo = Probe::new(key, u64::MAX);
+        self.map
+            .lower_bound::<dyn KeyView>(Bound::Included(&lo as &dyn KeyView))
+            .filter(|e| e.key().key.as_ref() == key)
     }
 
     /// All versions of `key` merged, or `None` if the key was never written here.
@@ -206,10 +241,7 @@ impl Memtable {
 
     /// True if any version of `key` is here; cheaper than `get`.
     pub fn contains(&self, key: &[u8]) -> bool {
-        let lo = Probe::new(key, u64::MAX);
-        self.map
-            .lower_bound::<dyn KeyView>(Bound::Included(&lo as &dyn KeyView))
-            .is_some_and(|e| e.key().key.as_ref() == key)
+        self.newest_entry(key).is_some()
     }
 
     pub fn approx_bytes(&self) -> usize {
@@ -246,7 +278,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn put(m: &Memtable, key: &str, seq: u64, cell: Cell) {
-        m.insert(Bytes::copy_from_slice(key.as_bytes()), seq, cell);
+        m.insert(
+            Bytes::copy_from_slice(key.as_bytes()),
+            seq,
+            cell,
+            &LastWriteWins,
+        );
     }
 
     #[test]
@@ -258,6 +295,43 @@ mod tests {
         assert_eq!(m.get(b"k\0", &LastWriteWins), None);
         assert_eq!(m.get(b"", &LastWriteWins), None);
         assert_eq!((m.min_timestamp(), m.max_timestamp()), (10, 20));
+    }
+
+    #[test]
+    fn rewriting_a_key_keeps_one_entry_and_charges_it_once() {
+        let m = Memtable::new(vec![]);
+        put(&m, "k", 1, Cell::value(1, "vvvv"));
+        let one = m.approx_bytes();
+        for seq in 2..100 {
+            put(&m, "k", seq, Cell::value(seq, "vvvv"));
+        }
+        put(&m, "k", 100, Cell::value(5, "late"));
+        assert_eq!((m.map.len(), m.approx_bytes()), (1, one));
+        assert_eq!(m.get(b"k", &LastWriteWins), Some(Cell::value(99, "vvvv")));
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_key_lose_no_cell() {
+        let m = Memtable::new(vec![]);
+        let seq = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (m, seq) = (&m, &seq);
+                s.spawn(move || {
+                    for i in 0..500u64 {
+                        let ts = i * 4 + t;
+                        put(
+                            m,
+                            "k",
+                            seq.fetch_add(1, AtOrd::Relaxed),
+                            Cell::value(ts, "v"),
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(m.map.len(), 1);
+        assert_eq!(m.get(b"k", &LastWriteWins), Some(Cell::value(1999, "v")));
     }
 
     #[test]
@@ -296,7 +370,7 @@ mod tests {
             for (seq, (k, ts, del)) in writes.into_iter().enumerate() {
                 let key = vec![b'k', k];
                 let cell = if del { Cell::tombstone(ts) } else { Cell::value(ts, vec![k; 3]) };
-                m.insert(Bytes::from(key.clone()), seq as u64, cell.clone());
+                m.insert(Bytes::from(key.clone()), seq as u64, cell.clone(), &LastWriteWins);
                 let merged = match model.remove(&key) {
                     Some(old) => LastWriteWins.merge(old, cell),
                     None => cell,

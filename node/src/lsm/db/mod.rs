@@ -266,7 +266,12 @@ impl Inner {
                 .fetch_add(batch.len() as u64, Ordering::SeqCst);
             self.wal.append(seq, &batch)?;
             for (i, m) in batch.into_iter().enumerate() {
-                mem.insert(m.key.clone(), seq + i as u64, m.cell);
+                mem.insert(
+                    m.key.clone(),
+                    seq + i as u64,
+                    m.cell,
+                    &*self.opts.merge_rule,
+                );
                 self.invalidate_row(&m.key);
             }
         }

@@ -18,7 +18,7 @@ use crate::lsm::manifest::{Manifest, ManifestState, VersionEdit};
 use crate::lsm::memtable::Memtable;
 use crate::lsm::sstable::{table_path, Table};
 use crate::lsm::wal::{self, Wal, WalOptions};
-use crate::lsm::Options;
+use crate::lsm::{MergeRule, Options};
 
 const MANIFEST_DIR: &str = "manifest";
 const LOCK_FILE: &str = "LOCK";
@@ -39,7 +39,13 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
     let new_segment = state.next_file_number.max(max_file + 1);
     let (segments, never_created) = existing_segments(dir, &state)?;
     let replayed = Memtable::new(segments.iter().copied().chain([new_segment]).collect());
-    let last_seq = replay_wal(dir, &segments, state.flushed_seq, &replayed)?;
+    let last_seq = replay_wal(
+        dir,
+        &segments,
+        state.flushed_seq,
+        &replayed,
+        &*opts.merge_rule,
+    )?;
     // Segments holding only flushed records would otherwise pile up, one per reopen.
     let (mem, obsolete) = if replayed.is_empty() {
         (Arc::new(Memtable::new(vec![new_segment])), segments)
@@ -187,7 +193,13 @@ fn existing_segments(dir: &Path, state: &ManifestState) -> Result<(Vec<u64>, Vec
 
 /// Rebuilds the memtable from `segments`, skipping records already flushed. Returns the
 /// highest sequence number seen. Only the newest segment may end in a torn write.
-fn replay_wal(dir: &Path, segments: &[u64], flushed_seq: u64, mem: &Memtable) -> Result<u64> {
+fn replay_wal(
+    dir: &Path,
+    segments: &[u64],
+    flushed_seq: u64,
+    mem: &Memtable,
+    rule: &dyn MergeRule,
+) -> Result<u64> {
     let mut last_seq = 0;
     for (i, &id) in segments.iter().enumerate() {
         let path = wal::segment_path(dir, id);
@@ -197,7 +209,7 @@ fn replay_wal(dir: &Path, segments: &[u64], flushed_seq: u64, mem: &Memtable) ->
                 let s = seq + j as u64;
                 last_seq = last_seq.max(s);
                 if s > flushed_seq {
-                    mem.insert(m.key, s, m.cell);
+                    mem.insert(m.key, s, m.cell, rule);
                 }
             }
             Ok(())
