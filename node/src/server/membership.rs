@@ -144,16 +144,14 @@ impl Membership {
         }
         let now = self.now_ms();
         let d = self.detector.lock();
-        (d.ids.get(&NodeId(node.to_owned()))).is_some_and(|&i| d.phi.is_alive(i, now))
+        (d.ids.get(node)).is_some_and(|&i| d.phi.is_alive(i, now))
     }
 
     /// The suspicion level of a peer, for status displays.
     pub fn phi(&self, node: &str) -> Option<f64> {
         let now = self.now_ms();
         let d = self.detector.lock();
-        d.ids
-            .get(&NodeId(node.to_owned()))
-            .and_then(|&i| d.phi.phi(i, now))
+        d.ids.get(node).and_then(|&i| d.phi.phi(i, now))
     }
 
     /// Starts a gossip round: tells peers this node is alive.

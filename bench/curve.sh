@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The latency-versus-throughput curve of docs/benchmarks.md: for each store, load RECORDS
+# records, find YCSB-A's closed-loop peak, then run open loop (--rate) at 25, 50, 75 and 90% of
+# that peak for SECONDS each, and plot p50 and p99 against the throughput achieved to
+# docs/ycsb-a-latency.png (matplotlib goes into a venv under the target dir).
+#
+#   bench/curve.sh [--peers] [--records N] [--seconds S] [--out DIR] [--png FILE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+peers=false records=100000 seconds=10 out="" png=docs/ycsb-a-latency.png
+while [ $# -gt 0 ]; do
+    case $1 in
+        --peers) peers=true ;;
+        --records) records=$2; shift ;;
+        --seconds) seconds=$2; shift ;;
+        --out) out=$2; shift ;;
+        --png) png=$2; shift ;;
+        -h | --help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown flag $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+out=${out:-$(mktemp -d -t kv-curve.XXXXXX)}
+mkdir -p "$out"
+target=${CARGO_TARGET_DIR:-target}
+features=()
+$peers && features=(--features bench-peers)
+cargo build --release --locked -p node --bin kv-node -p cli --bin kvctl "${features[@]}"
+kvctl=$target/release/kvctl
+
+venv=$target/bench-venv
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet matplotlib
+fi
+
+field() { # json-file python-expression-on-d
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
+curve() { # store, bench args...
+    local s=$1; shift
+    local common=(--workload a --records "$records" --threads 2 -o json "$@")
+    "$kvctl" bench "${common[@]}" --phase load --inflight 128 >"$out/$s-load.json"
+    "$kvctl" bench "${common[@]}" --phase run --inflight 128 --ops $((records)) >"$out/$s-peak.json"
+    local peak
+    peak=$(field "$out/$s-peak.json" 'int(d["phases"][-1]["ops_per_sec"])')
+    echo "$s: closed-loop peak $peak ops/s"
+    for pct in 25 50 75 90; do
+        local rate=$((peak * pct / 100))
+        "$kvctl" bench "${common[@]}" --phase run --inflight 1024 --rate "$rate" \
+            --ops $((rate * seconds)) >"$out/$s-rate$pct.json"
+        echo "$s at $pct% ($rate ops/s): $(field "$out/$s-rate$pct.json" \
+            '" ".join(f"{k} p50 {v["p50_us"]/1000:.2f} p99 {v["p99_us"]/1000:.2f} ms" for k, v in d["phases"][-1]["operations"].items())')"
+    done
+}
+
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
+cluster=$out/cluster
+"$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$target/release/kv-node" >/dev/null
+trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
+curve ours --target kv --dir "$cluster" --cl QUORUM 2>>"$out/progress.log"
+"$kvctl" --dir "$cluster" local down >/dev/null
+trap - EXIT
+
+if $peers; then
+    bench/peers.sh up >/dev/null
+    trap 'bench/peers.sh down >/dev/null' EXIT
+    curve redis --target redis 2>>"$out/progress.log"
+    curve etcd --target etcd 2>>"$out/progress.log"
+fi
+"$venv/bin/python" bench/plot.py "$png" "$out"/*-rate*.json
+echo "plot in $png, reports in $out"
