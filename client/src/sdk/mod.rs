@@ -6,6 +6,7 @@
 //! requests in flight; cloning it is cheap and clones share everything. See `docs/sdk.md`.
 
 mod error;
+mod pipeline;
 mod pool;
 mod routing;
 
@@ -25,9 +26,10 @@ use topology::{token_of, TokenRange};
 pub use error::{ClientError, EndpointError, Result};
 pub use routing::ring_state;
 
-use self::pool::Pool;
+use self::pool::{NodeConns, Pool};
 use self::routing::Topology;
 use crate::pb::v1::{self as pb, key_value_client::KeyValueClient, ConsistencyLevel};
+use crate::pb::v1::{pipeline_op, pipeline_result};
 use crate::{encode_token_range, KvError, RING_EPOCH_HEADER};
 
 /// How a [`Client`] connects, routes and retries.
@@ -49,6 +51,9 @@ pub struct ClientOptions {
     pub read_retries: usize,
     /// How long a node that failed at the transport level goes to the back of the line.
     pub down_for: Duration,
+    /// Send Get, Put and Delete through one Pipeline session per node, many ops per HTTP/2
+    /// message, rather than one unary call each; a node without Pipeline gets unary calls.
+    pub pipelining: bool,
 }
 
 impl ClientOptions {
@@ -61,6 +66,7 @@ impl ClientOptions {
             request_timeout: Some(Duration::from_secs(10)),
             read_retries: 2,
             down_for: Duration::from_secs(5),
+            pipelining: true,
         }
     }
 }
@@ -166,7 +172,7 @@ impl Client {
                     .client()
                     .describe_ring(timed(pb::DescribeRingRequest {}, options.request_timeout))
                     .await
-                    .map_err(|status| classify(address, &status).0)?;
+                    .map_err(|status| Failure::Status(status).classify(address).0)?;
                 Ok::<_, ClientError>(response.into_inner())
             };
             match attempt.await {
@@ -217,14 +223,7 @@ impl Client {
         };
         let route = self.key_route(keyspace, &key).await;
         let retries = self.inner.options.read_retries;
-        let response = self
-            .call(
-                route,
-                retries,
-                request,
-                |mut c, r| async move { c.get(r).await },
-            )
-            .await?;
+        let response = self.key_call(route, retries, request).await?;
         Ok(response.value)
     }
 
@@ -247,14 +246,7 @@ impl Client {
         };
         let route = self.key_route(keyspace, &key).await;
         let retries = self.write_retries(options.timestamp);
-        let response = self
-            .call(
-                route,
-                retries,
-                request,
-                |mut c, r| async move { c.put(r).await },
-            )
-            .await?;
+        let response = self.key_call(route, retries, request).await?;
         Ok(response.timestamp)
     }
 
@@ -275,11 +267,7 @@ impl Client {
         };
         let route = self.key_route(keyspace, &key).await;
         let retries = self.write_retries(options.timestamp);
-        let response = self
-            .call(route, retries, request, |mut c, r| async move {
-                c.delete(r).await
-            })
-            .await?;
+        let response = self.key_call(route, retries, request).await?;
         Ok(response.timestamp)
     }
 
@@ -543,8 +531,24 @@ impl Client {
             .remove(keyspace);
     }
 
-    /// Sends `request` to the best candidate for `route`; when that node is unreachable, to
-    /// the next, up to `retries` more times. Errors a node answers are never retried.
+    /// A single-key call, through the node's pipeline session unless pipelining is off.
+    async fn key_call<R: KeyOp>(
+        &self,
+        route: Route<'_>,
+        retries: usize,
+        request: R,
+    ) -> Result<R::Response> {
+        if !self.inner.options.pipelining {
+            return self.call(route, retries, request, R::unary).await;
+        }
+        let timeout = self.inner.options.request_timeout;
+        self.attempts(route, retries, request, |node, request| {
+            pipelined(node, request, timeout)
+        })
+        .await
+    }
+
+    /// [`Client::attempts`] with one unary call per attempt.
     async fn call<Req, Resp, F, Fut>(
         &self,
         route: Route<'_>,
@@ -556,6 +560,28 @@ impl Client {
         Req: Clone,
         F: Fn(KeyValueClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let timeout = self.inner.options.request_timeout;
+        self.attempts(route, retries, request, |node, request| {
+            let call = method(node.client(), timed(request, timeout));
+            async move { Attempt::unary(call.await) }
+        })
+        .await
+    }
+
+    /// Makes an attempt at the best candidate for `route`; when that node is unreachable, at
+    /// the next, up to `retries` more times. Errors a node answers are never retried.
+    async fn attempts<Req, Resp, F, Fut>(
+        &self,
+        route: Route<'_>,
+        retries: usize,
+        request: Req,
+        attempt: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Arc<NodeConns>, Req) -> Fut,
+        Fut: Future<Output = Attempt<Resp>>,
     {
         let topology = self.topology();
         let rotation = self.inner.rotation.fetch_add(1, Ordering::Relaxed);
@@ -576,54 +602,47 @@ impl Client {
         let mut last = None;
         for address in candidates.into_iter().take(retries + 1) {
             let node = self.inner.pool.node(&address)?;
-            let attempt = method(node.client(), timed(request.clone(), timeout));
-            let result = match timeout {
+            let attempt = attempt(node.clone(), request.clone());
+            let Attempt { result, epoch } = match timeout {
                 Some(limit) => tokio::time::timeout(limit, attempt)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(format!(
+                        Attempt::failed(Status::deadline_exceeded(format!(
                             "no answer from {address} within the client's deadline of {limit:?}"
                         )))
                     }),
                 None => attempt.await,
             };
-            match result {
+            if let Some(epoch) = epoch {
+                self.observe_epoch(epoch);
+            }
+            let failure = match result {
                 Ok(response) => {
                     node.mark_up();
-                    self.observe_epoch(response.metadata());
-                    return Ok(response.into_inner());
+                    return Ok(response);
                 }
-                Err(status) => {
-                    self.observe_epoch(status.metadata());
-                    let (error, unreachable) = classify(node.address(), &status);
-                    if !unreachable {
-                        if let (
-                            ClientError::Kv(KvError::KeyspaceNotFound(_)),
-                            Route::Key { keyspace, .. },
-                        ) = (&error, &route)
-                        {
-                            self.forget_keyspace(keyspace);
-                        }
-                        return Err(error);
-                    }
-                    node.mark_down();
-                    last = Some(error);
+                Err(failure) => failure,
+            };
+            let (error, unreachable) = failure.classify(node.address());
+            if !unreachable {
+                if let (
+                    ClientError::Kv(KvError::KeyspaceNotFound(_)),
+                    Route::Key { keyspace, .. },
+                ) = (&error, &route)
+                {
+                    self.forget_keyspace(keyspace);
                 }
+                return Err(error);
             }
+            node.mark_down();
+            last = Some(error);
         }
         Err(last.unwrap_or(ClientError::NoEndpointsReachable(Vec::new())))
     }
 
     /// Starts a background ring refresh when a node reports a newer epoch than ours; at most
     /// one runs at a time, and requests meanwhile route by the old ring.
-    fn observe_epoch(&self, metadata: &MetadataMap) {
-        let Some(epoch) = metadata
-            .get(RING_EPOCH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
-            return;
-        };
+    fn observe_epoch(&self, epoch: u64) {
         if epoch <= self.topology().epoch || self.inner.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -694,12 +713,202 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The SDK error for a failed call, and whether it means the node could not be reached (the
-/// only failure another node might not have).
-fn classify(address: &str, status: &Status) -> (ClientError, bool) {
-    let error = KvError::from_status(status);
-    // A status made by the local transport (not sent by a node) carries its cause.
-    let local = std::error::Error::source(status).is_some();
+/// The ring epoch a unary response or status carries in its header.
+fn header_epoch(metadata: &MetadataMap) -> Option<u64> {
+    metadata
+        .get(RING_EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A single-key request, which travels unary or as an op of a pipeline session.
+trait KeyOp: Clone + Send + 'static {
+    type Response;
+
+    fn into_op(self) -> pipeline_op::Op;
+
+    /// The response, when the result is of this request's kind.
+    fn response(result: pipeline_result::Result) -> Option<Self::Response>;
+
+    fn unary(
+        client: KeyValueClient<Channel>,
+        request: Request<Self>,
+    ) -> impl Future<Output = Result<Response<Self::Response>, Status>> + Send;
+}
+
+impl KeyOp for pb::GetRequest {
+    type Response = pb::GetResponse;
+
+    fn into_op(self) -> pipeline_op::Op {
+        pipeline_op::Op::Get(self)
+    }
+
+    fn response(result: pipeline_result::Result) -> Option<Self::Response> {
+        match result {
+            pipeline_result::Result::Get(response) => Some(response),
+            _ => None,
+        }
+    }
+
+    async fn unary(
+        mut client: KeyValueClient<Channel>,
+        request: Request<Self>,
+    ) -> Result<Response<Self::Response>, Status> {
+        client.get(request).await
+    }
+}
+
+impl KeyOp for pb::PutRequest {
+    type Response = pb::PutResponse;
+
+    fn into_op(self) -> pipeline_op::Op {
+        pipeline_op::Op::Put(self)
+    }
+
+    fn response(result: pipeline_result::Result) -> Option<Self::Response> {
+        match result {
+            pipeline_result::Result::Put(response) => Some(response),
+            _ => None,
+        }
+    }
+
+    async fn unary(
+        mut client: KeyValueClient<Channel>,
+        request: Request<Self>,
+    ) -> Result<Response<Self::Response>, Status> {
+        client.put(request).await
+    }
+}
+
+impl KeyOp for pb::DeleteRequest {
+    type Response = pb::DeleteResponse;
+
+    fn into_op(self) -> pipeline_op::Op {
+        pipeline_op::Op::Delete(self)
+    }
+
+    fn response(result: pipeline_result::Result) -> Option<Self::Response> {
+        match result {
+            pipeline_result::Result::Delete(response) => Some(response),
+            _ => None,
+        }
+    }
+
+    async fn unary(
+        mut client: KeyValueClient<Channel>,
+        request: Request<Self>,
+    ) -> Result<Response<Self::Response>, Status> {
+        client.delete(request).await
+    }
+}
+
+/// One attempt through the node's pipeline session; unary when the node has no Pipeline.
+async fn pipelined<R: KeyOp>(
+    node: Arc<NodeConns>,
+    request: R,
+    timeout: Option<Duration>,
+) -> Attempt<R::Response> {
+    if !node.unary_only() {
+        // A clone, because a node without Pipeline gets the request again, unary.
+        let answer = node.session().call(request.clone().into_op()).await;
+        match answer.result {
+            // Only the session's status can say this: a node's op errors are never statuses.
+            Err(status) if status.code() == Code::Unimplemented => node.set_unary_only(),
+            result => {
+                return Attempt {
+                    result: result.map_err(Failure::Status).and_then(op_response::<R>),
+                    epoch: answer.epoch,
+                }
+            }
+        }
+    }
+    Attempt::unary(R::unary(node.client(), timed(request, timeout)).await)
+}
+
+fn op_response<R: KeyOp>(
+    result: Option<pipeline_result::Result>,
+) -> std::result::Result<R::Response, Failure> {
+    match result {
+        Some(pipeline_result::Result::Error(error)) => Err(Failure::Node(error.into())),
+        Some(result) => R::response(result)
+            .ok_or_else(|| Failure::Malformed("a pipeline result of another kind".into())),
+        None => Err(Failure::Malformed(
+            "a pipeline result without result".into(),
+        )),
+    }
+}
+
+/// What one attempt at one node came to.
+struct Attempt<T> {
+    result: std::result::Result<T, Failure>,
+    /// The ring epoch the node reported with it.
+    epoch: Option<u64>,
+}
+
+impl<T> Attempt<T> {
+    fn unary(result: Result<Response<T>, Status>) -> Self {
+        match result {
+            Ok(response) => Attempt {
+                epoch: header_epoch(response.metadata()),
+                result: Ok(response.into_inner()),
+            },
+            Err(status) => Attempt {
+                epoch: header_epoch(status.metadata()),
+                result: Err(Failure::Status(status)),
+            },
+        }
+    }
+
+    fn failed(status: Status) -> Self {
+        Attempt {
+            result: Err(Failure::Status(status)),
+            epoch: None,
+        }
+    }
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// A call's status, from the node or from the local transport; a pipeline session's
+    /// status when it ended.
+    Status(Status),
+    /// A pipelined op's own error, as the node answered it.
+    Node(KvError),
+    /// An answer the protocol does not allow.
+    Malformed(String),
+}
+
+impl Failure {
+    /// The SDK error, and whether it means the node could not be reached (the only failure
+    /// another node might not have).
+    fn classify(self, address: &str) -> (ClientError, bool) {
+        match self {
+            Failure::Status(status) => {
+                // A status made by the local transport (not sent by a node) carries its cause.
+                let local = std::error::Error::source(&status).is_some();
+                let error = KvError::from_status(&status);
+                sort(address, error, local, || transport_message(&status))
+            }
+            Failure::Node(error) => {
+                let message = match &error {
+                    KvError::Other { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                sort(address, error, false, || message)
+            }
+            Failure::Malformed(what) => (ClientError::Malformed(what), false),
+        }
+    }
+}
+
+/// The SDK error for a failed call (see [`Failure::classify`]): an untyped UNAVAILABLE means the
+/// node could not be reached, and so does any local transport error but the client's deadline.
+fn sort(
+    address: &str,
+    error: KvError,
+    local: bool,
+    message: impl FnOnce() -> String,
+) -> (ClientError, bool) {
     let unreachable = match &error {
         KvError::Other { code, .. } => {
             *code == Code::Unavailable || (local && *code != Code::DeadlineExceeded)
@@ -709,7 +918,7 @@ fn classify(address: &str, status: &Status) -> (ClientError, bool) {
     if unreachable {
         let error = ClientError::Unreachable {
             address: address.to_owned(),
-            message: transport_message(status),
+            message: message(),
         };
         (error, true)
     } else {
