@@ -5,7 +5,9 @@
 //! and saves a hop. Requests share a few HTTP/2 channels per node, so one `Client` keeps many
 //! requests in flight; cloning it is cheap and clones share everything. See `docs/sdk.md`.
 
+mod attempt;
 mod error;
+mod key_op;
 mod pipeline;
 mod pool;
 mod routing;
@@ -18,7 +20,6 @@ use std::time::Duration;
 
 use prost::bytes::Bytes;
 use tokio::sync::OnceCell;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use topology::{token_of, TokenRange};
@@ -26,11 +27,12 @@ use topology::{token_of, TokenRange};
 pub use error::{ClientError, EndpointError, Result};
 pub use routing::ring_state;
 
+use self::attempt::{Attempt, Failure};
+use self::key_op::{pipelined, KeyOp};
 use self::pool::{NodeConns, Pool};
 use self::routing::Topology;
 use crate::pb::v1::{self as pb, key_value_client::KeyValueClient, ConsistencyLevel};
-use crate::pb::v1::{pipeline_op, pipeline_result};
-use crate::{encode_token_range, KvError, RING_EPOCH_HEADER};
+use crate::{encode_token_range, KvError};
 
 /// How a [`Client`] connects, routes and retries.
 #[derive(Clone, Debug)]
@@ -711,231 +713,4 @@ fn timed<T>(message: T, timeout: Option<Duration>) -> Request<T> {
 
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The ring epoch a unary response or status carries in its header.
-fn header_epoch(metadata: &MetadataMap) -> Option<u64> {
-    metadata
-        .get(RING_EPOCH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A single-key request, which travels unary or as an op of a pipeline session.
-trait KeyOp: Clone + Send + 'static {
-    type Response;
-
-    fn into_op(self) -> pipeline_op::Op;
-
-    /// The response, when the result is of this request's kind.
-    fn response(result: pipeline_result::Result) -> Option<Self::Response>;
-
-    fn unary(
-        client: KeyValueClient<Channel>,
-        request: Request<Self>,
-    ) -> impl Future<Output = Result<Response<Self::Response>, Status>> + Send;
-}
-
-impl KeyOp for pb::GetRequest {
-    type Response = pb::GetResponse;
-
-    fn into_op(self) -> pipeline_op::Op {
-        pipeline_op::Op::Get(self)
-    }
-
-    fn response(result: pipeline_result::Result) -> Option<Self::Response> {
-        match result {
-            pipeline_result::Result::Get(response) => Some(response),
-            _ => None,
-        }
-    }
-
-    async fn unary(
-        mut client: KeyValueClient<Channel>,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Response>, Status> {
-        client.get(request).await
-    }
-}
-
-impl KeyOp for pb::PutRequest {
-    type Response = pb::PutResponse;
-
-    fn into_op(self) -> pipeline_op::Op {
-        pipeline_op::Op::Put(self)
-    }
-
-    fn response(result: pipeline_result::Result) -> Option<Self::Response> {
-        match result {
-            pipeline_result::Result::Put(response) => Some(response),
-            _ => None,
-        }
-    }
-
-    async fn unary(
-        mut client: KeyValueClient<Channel>,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Response>, Status> {
-        client.put(request).await
-    }
-}
-
-impl KeyOp for pb::DeleteRequest {
-    type Response = pb::DeleteResponse;
-
-    fn into_op(self) -> pipeline_op::Op {
-        pipeline_op::Op::Delete(self)
-    }
-
-    fn response(result: pipeline_result::Result) -> Option<Self::Response> {
-        match result {
-            pipeline_result::Result::Delete(response) => Some(response),
-            _ => None,
-        }
-    }
-
-    async fn unary(
-        mut client: KeyValueClient<Channel>,
-        request: Request<Self>,
-    ) -> Result<Response<Self::Response>, Status> {
-        client.delete(request).await
-    }
-}
-
-/// One attempt through the node's pipeline session; unary when the node has no Pipeline.
-async fn pipelined<R: KeyOp>(
-    node: Arc<NodeConns>,
-    request: R,
-    timeout: Option<Duration>,
-) -> Attempt<R::Response> {
-    if !node.unary_only() {
-        // A clone, because a node without Pipeline gets the request again, unary.
-        let answer = node.session().call(request.clone().into_op()).await;
-        match answer.result {
-            // Only the session's status can say this: a node's op errors are never statuses.
-            Err(status) if status.code() == Code::Unimplemented => node.set_unary_only(),
-            result => {
-                return Attempt {
-                    result: result.map_err(Failure::Status).and_then(op_response::<R>),
-                    epoch: answer.epoch,
-                }
-            }
-        }
-    }
-    Attempt::unary(R::unary(node.client(), timed(request, timeout)).await)
-}
-
-fn op_response<R: KeyOp>(
-    result: Option<pipeline_result::Result>,
-) -> std::result::Result<R::Response, Failure> {
-    match result {
-        Some(pipeline_result::Result::Error(error)) => Err(Failure::Node(error.into())),
-        Some(result) => R::response(result)
-            .ok_or_else(|| Failure::Malformed("a pipeline result of another kind".into())),
-        None => Err(Failure::Malformed(
-            "a pipeline result without result".into(),
-        )),
-    }
-}
-
-/// What one attempt at one node came to.
-struct Attempt<T> {
-    result: std::result::Result<T, Failure>,
-    /// The ring epoch the node reported with it.
-    epoch: Option<u64>,
-}
-
-impl<T> Attempt<T> {
-    fn unary(result: Result<Response<T>, Status>) -> Self {
-        match result {
-            Ok(response) => Attempt {
-                epoch: header_epoch(response.metadata()),
-                result: Ok(response.into_inner()),
-            },
-            Err(status) => Attempt {
-                epoch: header_epoch(status.metadata()),
-                result: Err(Failure::Status(status)),
-            },
-        }
-    }
-
-    fn failed(status: Status) -> Self {
-        Attempt {
-            result: Err(Failure::Status(status)),
-            epoch: None,
-        }
-    }
-}
-
-/// Why an attempt failed.
-enum Failure {
-    /// A call's status, from the node or from the local transport; a pipeline session's
-    /// status when it ended.
-    Status(Status),
-    /// A pipelined op's own error, as the node answered it.
-    Node(KvError),
-    /// An answer the protocol does not allow.
-    Malformed(String),
-}
-
-impl Failure {
-    /// The SDK error, and whether it means the node could not be reached (the only failure
-    /// another node might not have).
-    fn classify(self, address: &str) -> (ClientError, bool) {
-        match self {
-            Failure::Status(status) => {
-                // A status made by the local transport (not sent by a node) carries its cause.
-                let local = std::error::Error::source(&status).is_some();
-                let error = KvError::from_status(&status);
-                sort(address, error, local, || transport_message(&status))
-            }
-            Failure::Node(error) => {
-                let message = match &error {
-                    KvError::Other { message, .. } => message.clone(),
-                    other => other.to_string(),
-                };
-                sort(address, error, false, || message)
-            }
-            Failure::Malformed(what) => (ClientError::Malformed(what), false),
-        }
-    }
-}
-
-/// The SDK error for a failed call (see [`Failure::classify`]): an untyped UNAVAILABLE means the
-/// node could not be reached, and so does any local transport error but the client's deadline.
-fn sort(
-    address: &str,
-    error: KvError,
-    local: bool,
-    message: impl FnOnce() -> String,
-) -> (ClientError, bool) {
-    let unreachable = match &error {
-        KvError::Other { code, .. } => {
-            *code == Code::Unavailable || (local && *code != Code::DeadlineExceeded)
-        }
-        _ => false,
-    };
-    if unreachable {
-        let error = ClientError::Unreachable {
-            address: address.to_owned(),
-            message: message(),
-        };
-        (error, true)
-    } else {
-        (ClientError::Kv(error), false)
-    }
-}
-
-fn transport_message(status: &Status) -> String {
-    let mut message = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
