@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use prost::Message;
@@ -59,7 +59,7 @@ struct State {
     /// session that will never answer.
     pending: Mutex<Option<HashMap<u64, Waiter>>>,
     /// Why the session ended, for ops that come after.
-    end: Mutex<Option<Status>>,
+    end: OnceLock<Status>,
     slots: Arc<Semaphore>,
 }
 
@@ -76,7 +76,7 @@ impl Session {
         let (ops, queue) = mpsc::channel(SESSION_OPS_MAX);
         let state = Arc::new(State {
             pending: Mutex::new(Some(HashMap::new())),
-            end: Mutex::new(None),
+            end: OnceLock::new(),
             slots: Arc::new(Semaphore::new(SESSION_OPS_MAX)),
         });
         let reader = state.clone();
@@ -154,7 +154,7 @@ impl State {
     }
 
     fn fail_all(&self, status: Status) {
-        *self.end.lock().expect("not poisoned") = Some(status.clone());
+        let _ = self.end.set(status.clone());
         self.slots.close();
         let pending = self.pending.lock().expect("not poisoned").take();
         for (_, waiter) in pending.into_iter().flatten() {
@@ -163,7 +163,7 @@ impl State {
     }
 
     fn end_status(&self) -> Status {
-        (self.end.lock().expect("not poisoned").clone())
+        (self.end.get().cloned())
             .unwrap_or_else(|| Status::unavailable("the pipeline session ended"))
     }
 }
