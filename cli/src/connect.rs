@@ -80,8 +80,17 @@ impl Target {
 
     /// Connects, learning the ring from the first endpoint that answers.
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.connect_with(|_| {}).await
+    }
+
+    /// [`Target::connect`] with options of the caller's choosing.
+    pub async fn connect_with(
+        &self,
+        adjust: impl FnOnce(&mut ClientOptions),
+    ) -> anyhow::Result<Client> {
         let mut options = ClientOptions::new(self.endpoints()?);
         options.local_dc.clone_from(&self.local_dc);
+        adjust(&mut options);
         Ok(Client::connect(options).await?)
     }
 }

@@ -115,7 +115,12 @@ impl From<Status> for KvError {
 impl From<KvError> for pb::Error {
     fn from(error: KvError) -> Self {
         let code = error.code() as i32;
-        let message = error.to_string();
+        // As in a status: an untyped error's message is kept as it came, not prefixed with
+        // its code again.
+        let message = match &error {
+            KvError::Other { message, .. } => message.clone(),
+            _ => error.to_string(),
+        };
         let detail = match error {
             KvError::Unavailable(d) => Some(Detail::Unavailable(d)),
             KvError::Timeout(d) => Some(Detail::Timeout(d)),

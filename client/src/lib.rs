@@ -49,6 +49,10 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// every client and server must set this on both directions.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Ops per `PipelineRequest` and results per `PipelineResponse`: a node decodes a whole
+/// message before it can push back, so one message must stay a bounded amount of work.
+pub const PIPELINE_OPS_MAX: usize = 1024;
+
 /// Response header in which a node reports its ring epoch, so a client learns that its copy of
 /// the ring is stale without polling DescribeRing.
 pub const RING_EPOCH_HEADER: &str = "kv-ring-epoch";

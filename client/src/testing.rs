@@ -4,24 +4,29 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use topology::{token_of, Node, NodeId, NodeState, Ring, RingState, Token};
 
 use crate::pb::v1::key_value_server::{KeyValue, KeyValueServer};
 use crate::pb::v1::{self as pb, ConsistencyLevel};
 use crate::{
-    decode_token_range, encode_token, KvError, MAX_MESSAGE_BYTES, RING_EPOCH_HEADER, TOKEN_FUNCTION,
+    decode_token_range, encode_token, KvError, MAX_MESSAGE_BYTES, PIPELINE_OPS_MAX,
+    RING_EPOCH_HEADER, TOKEN_FUNCTION,
 };
+
+/// Responses a fake pipeline session buffers for a slow client.
+const SESSION_RESPONSES_MAX: usize = 16;
 
 /// One request as a fake node received it.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,11 +57,17 @@ struct Shared {
     log: Mutex<Vec<Received>>,
     fail_with: Mutex<Option<KvError>>,
     clock: AtomicU64,
+    /// While true, pipeline sessions hold the ops they read unanswered.
+    stall: watch::Sender<bool>,
+    /// Whether Pipeline answers UNIMPLEMENTED, as a node of a version without it.
+    no_pipeline: AtomicBool,
 }
 
 struct Running {
     id: String,
     address: SocketAddr,
+    /// Bumped to end the node's open pipeline sessions.
+    breaks: watch::Sender<u64>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -124,14 +135,18 @@ impl FakeCluster {
             log: Mutex::new(Vec::new()),
             fail_with: Mutex::new(None),
             clock: AtomicU64::new(0),
+            stall: watch::Sender::new(false),
+            no_pipeline: AtomicBool::new(false),
         });
         let nodes = listeners
             .into_iter()
             .map(|(spec, listener, address)| {
+                let breaks = watch::Sender::new(0);
                 let service = KeyValueServer::new(FakeNode {
                     id: spec.id.clone(),
                     dc: spec.dc.clone(),
                     shared: shared.clone(),
+                    breaks: breaks.subscribe(),
                 })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -146,6 +161,7 @@ impl FakeCluster {
                 Running {
                     id: spec.id,
                     address,
+                    breaks,
                     stop: Some(stop),
                     task: Some(task),
                 }
@@ -172,8 +188,11 @@ impl FakeCluster {
             .map(|n| n.id.clone())
     }
 
-    /// Stops a node's server: its port refuses connections from now on.
+    /// Stops a node's server: its port refuses connections from now on, and its open
+    /// pipeline sessions end with UNAVAILABLE without answering another op.
     pub async fn stop(&mut self, id: &str) {
+        self.shared.stopped.lock().unwrap().insert(id.to_owned());
+        self.break_pipelines(id);
         let node = self
             .nodes
             .iter_mut()
@@ -186,7 +205,6 @@ impl FakeCluster {
             task.abort();
             task.await.ok();
         }
-        self.shared.stopped.lock().unwrap().insert(id.to_owned());
     }
 
     /// Defines a keyspace directly, as if created earlier.
@@ -217,6 +235,23 @@ impl FakeCluster {
     /// or succeed again with `None`.
     pub fn fail_with(&self, error: Option<KvError>) {
         *self.shared.fail_with.lock().unwrap() = error;
+    }
+
+    /// Ends the node's open pipeline sessions with UNAVAILABLE, as a broken connection would
+    /// end them; ops they read but did not answer stay unanswered.
+    pub fn break_pipelines(&self, id: &str) {
+        self.running(id).breaks.send_modify(|n| *n += 1);
+    }
+
+    /// Makes every pipeline session hold the ops it reads unanswered (`true`) or answer them
+    /// again (`false`).
+    pub fn stall_pipelines(&self, stall: bool) {
+        self.shared.stall.send_replace(stall);
+    }
+
+    /// Makes Pipeline answer UNIMPLEMENTED (`true`), as a node of a version without it.
+    pub fn refuse_pipeline(&self, refuse: bool) {
+        self.shared.no_pipeline.store(refuse, Ordering::Relaxed);
     }
 
     /// Sets the ring epoch that DescribeRing and every response header report.
@@ -369,10 +404,12 @@ impl Shared {
     }
 }
 
+#[derive(Clone)]
 struct FakeNode {
     id: String,
     dc: String,
     shared: Arc<Shared>,
+    breaks: watch::Receiver<u64>,
 }
 
 fn check_level(consistency: i32, write: bool) -> Result<(), KvError> {
@@ -400,6 +437,128 @@ fn check_key(field: &str, key: &[u8]) -> Result<(), KvError> {
 }
 
 impl FakeNode {
+    fn get_op(&self, r: pb::GetRequest) -> Result<pb::GetResponse, KvError> {
+        self.record("Get", Some(&r.key));
+        self.injected()?;
+        check_level(r.consistency, false)?;
+        self.shared.keyspace(&r.keyspace)?;
+        check_key("key", &r.key)?;
+        let data = self.shared.data.lock().unwrap();
+        let value = data.get(&(r.keyspace, r.key)).and_then(Shared::live);
+        Ok(pb::GetResponse { value })
+    }
+
+    fn put_op(&self, r: pb::PutRequest) -> Result<pb::PutResponse, KvError> {
+        self.record("Put", Some(&r.key));
+        self.injected()?;
+        check_level(r.consistency, true)?;
+        self.shared.keyspace(&r.keyspace)?;
+        check_key("key", &r.key)?;
+        if r.value.len() > crate::MAX_VALUE_BYTES {
+            return Err(KvError::invalid_argument("value", "above 16 MiB"));
+        }
+        if r.ttl_ms == Some(0) {
+            return Err(KvError::invalid_argument(
+                "ttl_ms",
+                "0 is not a time to live",
+            ));
+        }
+        let timestamp = self.shared.timestamp(r.timestamp);
+        self.shared.write(
+            &r.keyspace,
+            r.key,
+            pb::cell::Content::Value(r.value),
+            timestamp,
+            r.ttl_ms,
+        );
+        Ok(pb::PutResponse { timestamp })
+    }
+
+    fn delete_op(&self, r: pb::DeleteRequest) -> Result<pb::DeleteResponse, KvError> {
+        self.record("Delete", Some(&r.key));
+        self.injected()?;
+        check_level(r.consistency, true)?;
+        self.shared.keyspace(&r.keyspace)?;
+        check_key("key", &r.key)?;
+        let timestamp = self.shared.timestamp(r.timestamp);
+        self.shared.write(
+            &r.keyspace,
+            r.key,
+            pb::cell::Content::Tombstone(pb::Tombstone {}),
+            timestamp,
+            None,
+        );
+        Ok(pb::DeleteResponse { timestamp })
+    }
+
+    /// Answers each message of a session in one response, in order, unless stalled; ends with
+    /// UNAVAILABLE when the session is broken.
+    async fn serve_session(
+        self,
+        mut requests: Streaming<pb::PipelineRequest>,
+        responses: mpsc::Sender<Result<pb::PipelineResponse, Status>>,
+    ) {
+        let mut breaks = self.breaks.clone();
+        breaks.mark_unchanged();
+        let mut stall = self.shared.stall.subscribe();
+        let broken = Status::unavailable(format!("{}: pipeline session broken", self.id));
+        loop {
+            // Biased, so that nothing is answered once the session is broken.
+            let request = tokio::select! {
+                biased;
+                _ = breaks.changed() => None,
+                message = requests.message() => match message {
+                    Ok(Some(request)) => Some(request),
+                    Ok(None) | Err(_) => return,
+                },
+            };
+            let released = match request {
+                Some(_) => tokio::select! {
+                    biased;
+                    _ = breaks.changed() => false,
+                    _ = stall.wait_for(|stalled| !*stalled) => true,
+                },
+                None => false,
+            };
+            let response = match request.filter(|_| released) {
+                Some(request) => self.answer_ops(request),
+                None => Err(broken.clone()),
+            };
+            let end = response.is_err();
+            if responses.send(response).await.is_err() || end {
+                return;
+            }
+        }
+    }
+
+    fn answer_ops(&self, request: pb::PipelineRequest) -> Result<pb::PipelineResponse, Status> {
+        use pb::pipeline_op::Op;
+        use pb::pipeline_result::Result as Outcome;
+        if request.ops.len() > PIPELINE_OPS_MAX {
+            return Err(KvError::invalid_argument("ops", "too many").into_status());
+        }
+        let results = request
+            .ops
+            .into_iter()
+            .map(|op| {
+                let outcome = match op.op {
+                    Some(Op::Get(r)) => self.get_op(r).map(Outcome::Get),
+                    Some(Op::Put(r)) => self.put_op(r).map(Outcome::Put),
+                    Some(Op::Delete(r)) => self.delete_op(r).map(Outcome::Delete),
+                    None => Err(KvError::invalid_argument("op", "none set")),
+                };
+                pb::PipelineResult {
+                    id: op.id,
+                    result: Some(outcome.unwrap_or_else(|e| Outcome::Error(e.into()))),
+                }
+            })
+            .collect();
+        Ok(pb::PipelineResponse {
+            results,
+            ring_epoch: self.shared.ring.lock().unwrap().ring_epoch,
+        })
+    }
+
     fn record(&self, method: &'static str, key: Option<&Bytes>) {
         self.shared.log.lock().unwrap().push(Received {
             node: self.id.clone(),
@@ -562,72 +721,40 @@ impl KeyValue for FakeNode {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let r = request.into_inner();
-        self.record("Get", Some(&r.key));
-        self.answer((|| {
-            self.injected()?;
-            check_level(r.consistency, false)?;
-            self.shared.keyspace(&r.keyspace)?;
-            check_key("key", &r.key)?;
-            let data = self.shared.data.lock().unwrap();
-            let value = data.get(&(r.keyspace, r.key)).and_then(Shared::live);
-            Ok(pb::GetResponse { value })
-        })())
+        self.answer(self.get_op(request.into_inner()))
     }
 
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let r = request.into_inner();
-        self.record("Put", Some(&r.key));
-        self.answer((|| {
-            self.injected()?;
-            check_level(r.consistency, true)?;
-            self.shared.keyspace(&r.keyspace)?;
-            check_key("key", &r.key)?;
-            if r.value.len() > crate::MAX_VALUE_BYTES {
-                return Err(KvError::invalid_argument("value", "above 16 MiB"));
-            }
-            if r.ttl_ms == Some(0) {
-                return Err(KvError::invalid_argument(
-                    "ttl_ms",
-                    "0 is not a time to live",
-                ));
-            }
-            let timestamp = self.shared.timestamp(r.timestamp);
-            self.shared.write(
-                &r.keyspace,
-                r.key,
-                pb::cell::Content::Value(r.value),
-                timestamp,
-                r.ttl_ms,
-            );
-            Ok(pb::PutResponse { timestamp })
-        })())
+        self.answer(self.put_op(request.into_inner()))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let r = request.into_inner();
-        self.record("Delete", Some(&r.key));
-        self.answer((|| {
-            self.injected()?;
-            check_level(r.consistency, true)?;
-            self.shared.keyspace(&r.keyspace)?;
-            check_key("key", &r.key)?;
-            let timestamp = self.shared.timestamp(r.timestamp);
-            self.shared.write(
-                &r.keyspace,
-                r.key,
-                pb::cell::Content::Tombstone(pb::Tombstone {}),
-                timestamp,
-                None,
-            );
-            Ok(pb::DeleteResponse { timestamp })
-        })())
+        self.answer(self.delete_op(request.into_inner()))
+    }
+
+    type PipelineStream = tonic::codegen::BoxStream<pb::PipelineResponse>;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<pb::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        self.record("Pipeline", None);
+        if self.shared.no_pipeline.load(Ordering::Relaxed) {
+            return Err(Status::unimplemented("this fake node has no Pipeline"));
+        }
+        // A stopped node's connections may not have closed yet.
+        if self.shared.stopped.lock().unwrap().contains(&self.id) {
+            return Err(Status::unavailable(format!("{} is stopped", self.id)));
+        }
+        let (responses, receiver) = mpsc::channel(SESSION_RESPONSES_MAX);
+        tokio::spawn(self.clone().serve_session(request.into_inner(), responses));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     async fn multi_get(

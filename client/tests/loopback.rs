@@ -78,6 +78,15 @@ impl KeyValue for Fake {
         Ok(Response::new(GetResponse { value }))
     }
 
+    type PipelineStream = tonic::codegen::BoxStream<PipelineResponse>;
+
+    async fn pipeline(
+        &self,
+        _: Request<tonic::Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        unimplemented()
+    }
+
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let r = request.into_inner();
         check(&r.keyspace, r.consistency, &r.key)?;

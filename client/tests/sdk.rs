@@ -1,5 +1,5 @@
 //! The SDK against in-process fake clusters (`client::testing`): routing, retries, typed
-//! errors, pipelining and message limits, over real loopback sockets.
+//! errors, pipeline sessions and message limits, over real loopback sockets.
 
 use std::time::Duration;
 
@@ -228,12 +228,21 @@ async fn a_maximal_value_round_trips() {
 
 #[tokio::test]
 async fn a_larger_epoch_in_a_response_refreshes_the_ring() {
+    for pipelining in [true, false] {
+        a_larger_epoch_refreshes_the_ring(pipelining).await;
+    }
+}
+
+async fn a_larger_epoch_refreshes_the_ring(pipelining: bool) {
     let cluster = FakeCluster::start_dcs(&[("dc1", 2)]).await;
     cluster.create_keyspace(KS, &[("dc1", 1)]);
-    let client = connect(&cluster, "dc1-n1").await;
+    let mut options = ClientOptions::new([cluster.address("dc1-n1")]);
+    options.pipelining = pipelining;
+    let client = Client::connect(options).await.unwrap();
     assert_eq!(client.ring_epoch(), 1);
     cluster.set_ring_epoch(9);
     client.get(KS, "k", ConsistencyLevel::One).await.unwrap();
+    assert_eq!(sessions_opened(&cluster), usize::from(pipelining));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while client.ring_epoch() != 9 {
         assert!(tokio::time::Instant::now() < deadline, "ring not refreshed");
@@ -321,4 +330,183 @@ async fn connect_lists_every_endpoint_that_failed() {
         matches!(*errors[1].error, ClientError::InvalidEndpoint { .. }),
         "{error}"
     );
+}
+
+fn sessions_opened(cluster: &FakeCluster) -> usize {
+    cluster
+        .received()
+        .iter()
+        .filter(|r| r.method == "Pipeline")
+        .count()
+}
+
+#[tokio::test]
+async fn concurrent_ops_share_one_pipeline_session_per_node() {
+    let cluster = FakeCluster::start_dcs(&[("dc1", 3)]).await;
+    cluster.create_keyspace(KS, &[("dc1", 1)]);
+    let client = connect(&cluster, "dc1-n1").await;
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let options = WriteOptions::default();
+                client.put(KS, key(i), format!("v{i}"), options).await?;
+                if i % 3 == 0 {
+                    client.delete(KS, key(i), options).await?;
+                }
+                client.get(KS, key(i), ConsistencyLevel::One).await
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let value = task.await.unwrap().unwrap();
+        match i % 3 {
+            0 => assert_eq!(value, None, "{i}"),
+            _ => assert_eq!(value.unwrap().value, format!("v{i}"), "{i}"),
+        }
+    }
+    assert_eq!(sessions_opened(&cluster), 3);
+    assert!(cluster
+        .received()
+        .iter()
+        .all(|r| r.method != "Pipeline" || r.key.is_none()));
+}
+
+#[tokio::test]
+async fn an_op_error_does_not_end_the_session() {
+    let cluster = FakeCluster::start_dcs(&[("dc1", 1)]).await;
+    cluster.create_keyspace(KS, &[("dc1", 1)]);
+    let client = connect(&cluster, "dc1-n1").await;
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let client = client.clone();
+            let k = if i % 2 == 0 { Bytes::new() } else { key(i) };
+            tokio::spawn(async move { client.put(KS, k, "v", WriteOptions::default()).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Err(e) if i % 2 == 0 => assert!(
+                matches!(e.kv(), Some(KvError::InvalidArgument(a)) if a.field == "key"),
+                "{e}"
+            ),
+            Ok(_) if i % 2 == 1 => {}
+            other => panic!("{i}: {other:?}"),
+        }
+    }
+    let error = client
+        .get("nope", key(1), ConsistencyLevel::One)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.kv(), Some(KvError::KeyspaceNotFound(_))),
+        "{error}"
+    );
+    let value = client.get(KS, key(1), ConsistencyLevel::One).await.unwrap();
+    assert_eq!(value.unwrap().value, "v");
+    assert_eq!(sessions_opened(&cluster), 1);
+}
+
+/// Waits until the fake nodes have received `n` pipeline sessions.
+async fn until_sessions(cluster: &FakeCluster, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sessions_opened(cluster) < n {
+        assert!(tokio::time::Instant::now() < deadline, "no session opened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_broken_session_fails_its_pending_ops_and_the_next_call_reopens_one() {
+    let cluster = FakeCluster::start_dcs(&[("dc1", 2)]).await;
+    cluster.create_keyspace(KS, &[("dc1", 1)]);
+    let k = key(3);
+    let replica = cluster.replicas(KS, &k, "dc1").remove(0);
+    let mut options = ClientOptions::new([cluster.address("dc1-n1")]);
+    options.down_for = Duration::ZERO;
+    let client = Client::connect(options).await.unwrap();
+
+    cluster.stall_pipelines(true);
+    let put = {
+        let (client, k) = (client.clone(), k.clone());
+        tokio::spawn(async move { client.put(KS, k, "v", WriteOptions::default()).await })
+    };
+    let get = {
+        let (client, k) = (client.clone(), k.clone());
+        tokio::spawn(async move { client.get(KS, k, ConsistencyLevel::One).await })
+    };
+    until_sessions(&cluster, 1).await;
+    // Both ops reach the stalled session before it breaks.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cluster.break_pipelines(&replica);
+    let error = put.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Unreachable { address, .. } if *address == cluster.address(&replica)),
+        "{error}"
+    );
+    // The read goes on to the other node, whose session answers once released.
+    cluster.stall_pipelines(false);
+    assert_eq!(get.await.unwrap().unwrap(), None);
+    assert!(nodes_for(&cluster, "Put", &k).is_empty());
+
+    client
+        .put(KS, k.clone(), "again", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(nodes_for(&cluster, "Put", &k), [replica.as_str()]);
+    let to_replica = cluster
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "Pipeline" && r.node == replica)
+        .count();
+    assert_eq!(to_replica, 2, "the next call opens a new session");
+}
+
+#[tokio::test]
+async fn a_timed_out_op_leaves_the_session_open() {
+    let cluster = FakeCluster::start_dcs(&[("dc1", 1)]).await;
+    cluster.create_keyspace(KS, &[("dc1", 1)]);
+    let mut options = ClientOptions::new([cluster.address("dc1-n1")]);
+    options.request_timeout = Some(Duration::from_millis(100));
+    let client = Client::connect(options).await.unwrap();
+    cluster.stall_pipelines(true);
+    let error = client
+        .get(KS, key(1), ConsistencyLevel::One)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.kv(), Some(KvError::Other { code, .. }) if *code == tonic::Code::DeadlineExceeded),
+        "{error}"
+    );
+    // The late answer is dropped; the session goes on.
+    cluster.stall_pipelines(false);
+    client
+        .put(KS, key(1), "v", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(sessions_opened(&cluster), 1);
+}
+
+#[tokio::test]
+async fn unary_calls_without_pipelining_or_pipeline() {
+    let cluster = FakeCluster::start_dcs(&[("dc1", 2)]).await;
+    cluster.create_keyspace(KS, &[("dc1", 2)]);
+    let mut options = ClientOptions::new([cluster.address("dc1-n1")]);
+    options.pipelining = false;
+    let unary = Client::connect(options).await.unwrap();
+    unary
+        .put(KS, key(1), "v", WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(sessions_opened(&cluster), 0);
+
+    // A node of a version without Pipeline answers UNIMPLEMENTED once; the op goes unary.
+    cluster.refuse_pipeline(true);
+    let client = connect(&cluster, "dc1-n1").await;
+    for _ in 0..4 {
+        let value = client.get(KS, key(1), ConsistencyLevel::One).await.unwrap();
+        assert_eq!(value.unwrap().value, "v");
+    }
+    assert!(sessions_opened(&cluster) <= 2);
+    assert_eq!(nodes_for(&cluster, "Get", &key(1)).len(), 4);
 }

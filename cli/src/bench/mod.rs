@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// default to what `bench/peers.sh up` starts
     #[arg(long = "target", value_enum, default_value_t = StoreKind::Kv)]
     store: StoreKind,
+    /// One unary call per operation instead of the SDK's pipeline sessions (ours only), to
+    /// compare the two
+    #[arg(long, env = "KV_BENCH_NO_PIPELINING")]
+    no_pipelining: bool,
 }
 
 /// The replication factor a keyspace created here gets in each DC.
@@ -129,6 +133,7 @@ pub fn run(args: BenchArgs, target: &Target, format: Format) -> anyhow::Result<O
             "threads": args.threads,
             "inflight": args.inflight,
             "rate": args.rate,
+            "pipelining": !args.no_pipelining,
             "phases": phases,
         })),
     }
@@ -173,7 +178,9 @@ async fn run_phases(args: &BenchArgs, target: &Target) -> anyhow::Result<Vec<Pha
 async fn connect(args: &BenchArgs, target: &Target) -> anyhow::Result<Store> {
     match args.store {
         StoreKind::Kv => {
-            let client = target.connect().await?;
+            let client = target
+                .connect_with(|options| options.pipelining = !args.no_pipelining)
+                .await?;
             prepare_keyspace(&client, &args.keyspace, args.replication.clone()).await?;
             Ok(Store::Kv {
                 client,

@@ -5,7 +5,10 @@
 //! and saves a hop. Requests share a few HTTP/2 channels per node, so one `Client` keeps many
 //! requests in flight; cloning it is cheap and clones share everything. See `docs/sdk.md`.
 
+mod attempt;
 mod error;
+mod key_op;
+mod pipeline;
 mod pool;
 mod routing;
 
@@ -17,7 +20,6 @@ use std::time::Duration;
 
 use prost::bytes::Bytes;
 use tokio::sync::OnceCell;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use topology::{token_of, TokenRange};
@@ -25,10 +27,12 @@ use topology::{token_of, TokenRange};
 pub use error::{ClientError, EndpointError, Result};
 pub use routing::ring_state;
 
-use self::pool::Pool;
+use self::attempt::{Attempt, Failure};
+use self::key_op::{pipelined, KeyOp};
+use self::pool::{NodeConns, Pool};
 use self::routing::Topology;
 use crate::pb::v1::{self as pb, key_value_client::KeyValueClient, ConsistencyLevel};
-use crate::{encode_token_range, KvError, RING_EPOCH_HEADER};
+use crate::{encode_token_range, KvError};
 
 /// How a [`Client`] connects, routes and retries.
 #[derive(Clone, Debug)]
@@ -49,6 +53,9 @@ pub struct ClientOptions {
     pub read_retries: usize,
     /// How long a node that failed at the transport level goes to the back of the line.
     pub down_for: Duration,
+    /// Send Get, Put and Delete through one Pipeline session per node, many ops per HTTP/2
+    /// message, rather than one unary call each; a node without Pipeline gets unary calls.
+    pub pipelining: bool,
 }
 
 impl ClientOptions {
@@ -61,6 +68,7 @@ impl ClientOptions {
             request_timeout: Some(Duration::from_secs(10)),
             read_retries: 2,
             down_for: Duration::from_secs(5),
+            pipelining: true,
         }
     }
 }
@@ -166,7 +174,7 @@ impl Client {
                     .client()
                     .describe_ring(timed(pb::DescribeRingRequest {}, options.request_timeout))
                     .await
-                    .map_err(|status| classify(address, &status).0)?;
+                    .map_err(|status| Failure::Status(status).classify(address).0)?;
                 Ok::<_, ClientError>(response.into_inner())
             };
             match attempt.await {
@@ -217,14 +225,7 @@ impl Client {
         };
         let route = self.key_route(keyspace, &key).await;
         let retries = self.inner.options.read_retries;
-        let response = self
-            .call(
-                route,
-                retries,
-                request,
-                |mut c, r| async move { c.get(r).await },
-            )
-            .await?;
+        let response = self.key_call(route, retries, request).await?;
         Ok(response.value)
     }
 
@@ -247,14 +248,7 @@ impl Client {
         };
         let route = self.key_route(keyspace, &key).await;
         let retries = self.write_retries(options.timestamp);
-        let response = self
-            .call(
-                route,
-                retries,
-                request,
-                |mut c, r| async move { c.put(r).await },
-            )
-            .await?;
+        let response = self.key_call(route, retries, request).await?;
         Ok(response.timestamp)
     }
 
@@ -275,11 +269,7 @@ impl Client {
         };
         let route = self.key_route(keyspace, &key).await;
         let retries = self.write_retries(options.timestamp);
-        let response = self
-            .call(route, retries, request, |mut c, r| async move {
-                c.delete(r).await
-            })
-            .await?;
+        let response = self.key_call(route, retries, request).await?;
         Ok(response.timestamp)
     }
 
@@ -543,8 +533,24 @@ impl Client {
             .remove(keyspace);
     }
 
-    /// Sends `request` to the best candidate for `route`; when that node is unreachable, to
-    /// the next, up to `retries` more times. Errors a node answers are never retried.
+    /// A single-key call, through the node's pipeline session unless pipelining is off.
+    async fn key_call<R: KeyOp>(
+        &self,
+        route: Route<'_>,
+        retries: usize,
+        request: R,
+    ) -> Result<R::Response> {
+        if !self.inner.options.pipelining {
+            return self.call(route, retries, request, R::unary).await;
+        }
+        let timeout = self.inner.options.request_timeout;
+        self.attempts(route, retries, request, |node, request| {
+            pipelined(node, request, timeout)
+        })
+        .await
+    }
+
+    /// [`Client::attempts`] with one unary call per attempt.
     async fn call<Req, Resp, F, Fut>(
         &self,
         route: Route<'_>,
@@ -556,6 +562,28 @@ impl Client {
         Req: Clone,
         F: Fn(KeyValueClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let timeout = self.inner.options.request_timeout;
+        self.attempts(route, retries, request, |node, request| {
+            let call = method(node.client(), timed(request, timeout));
+            async move { Attempt::unary(call.await) }
+        })
+        .await
+    }
+
+    /// Makes an attempt at the best candidate for `route`; when that node is unreachable, at
+    /// the next, up to `retries` more times. Errors a node answers are never retried.
+    async fn attempts<Req, Resp, F, Fut>(
+        &self,
+        route: Route<'_>,
+        retries: usize,
+        request: Req,
+        attempt: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Arc<NodeConns>, Req) -> Fut,
+        Fut: Future<Output = Attempt<Resp>>,
     {
         let topology = self.topology();
         let rotation = self.inner.rotation.fetch_add(1, Ordering::Relaxed);
@@ -576,54 +604,47 @@ impl Client {
         let mut last = None;
         for address in candidates.into_iter().take(retries + 1) {
             let node = self.inner.pool.node(&address)?;
-            let attempt = method(node.client(), timed(request.clone(), timeout));
-            let result = match timeout {
+            let attempt = attempt(node.clone(), request.clone());
+            let Attempt { result, epoch } = match timeout {
                 Some(limit) => tokio::time::timeout(limit, attempt)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(format!(
+                        Attempt::failed(Status::deadline_exceeded(format!(
                             "no answer from {address} within the client's deadline of {limit:?}"
                         )))
                     }),
                 None => attempt.await,
             };
-            match result {
+            if let Some(epoch) = epoch {
+                self.observe_epoch(epoch);
+            }
+            let failure = match result {
                 Ok(response) => {
                     node.mark_up();
-                    self.observe_epoch(response.metadata());
-                    return Ok(response.into_inner());
+                    return Ok(response);
                 }
-                Err(status) => {
-                    self.observe_epoch(status.metadata());
-                    let (error, unreachable) = classify(node.address(), &status);
-                    if !unreachable {
-                        if let (
-                            ClientError::Kv(KvError::KeyspaceNotFound(_)),
-                            Route::Key { keyspace, .. },
-                        ) = (&error, &route)
-                        {
-                            self.forget_keyspace(keyspace);
-                        }
-                        return Err(error);
-                    }
-                    node.mark_down();
-                    last = Some(error);
+                Err(failure) => failure,
+            };
+            let (error, unreachable) = failure.classify(node.address());
+            if !unreachable {
+                if let (
+                    ClientError::Kv(KvError::KeyspaceNotFound(_)),
+                    Route::Key { keyspace, .. },
+                ) = (&error, &route)
+                {
+                    self.forget_keyspace(keyspace);
                 }
+                return Err(error);
             }
+            node.mark_down();
+            last = Some(error);
         }
         Err(last.unwrap_or(ClientError::NoEndpointsReachable(Vec::new())))
     }
 
     /// Starts a background ring refresh when a node reports a newer epoch than ours; at most
     /// one runs at a time, and requests meanwhile route by the old ring.
-    fn observe_epoch(&self, metadata: &MetadataMap) {
-        let Some(epoch) = metadata
-            .get(RING_EPOCH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
-            return;
-        };
+    fn observe_epoch(&self, epoch: u64) {
         if epoch <= self.topology().epoch || self.inner.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -692,41 +713,4 @@ fn timed<T>(message: T, timeout: Option<Duration>) -> Request<T> {
 
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The SDK error for a failed call, and whether it means the node could not be reached (the
-/// only failure another node might not have).
-fn classify(address: &str, status: &Status) -> (ClientError, bool) {
-    let error = KvError::from_status(status);
-    // A status made by the local transport (not sent by a node) carries its cause.
-    let local = std::error::Error::source(status).is_some();
-    let unreachable = match &error {
-        KvError::Other { code, .. } => {
-            *code == Code::Unavailable || (local && *code != Code::DeadlineExceeded)
-        }
-        _ => false,
-    };
-    if unreachable {
-        let error = ClientError::Unreachable {
-            address: address.to_owned(),
-            message: transport_message(status),
-        };
-        (error, true)
-    } else {
-        (ClientError::Kv(error), false)
-    }
-}
-
-fn transport_message(status: &Status) -> String {
-    let mut message = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }

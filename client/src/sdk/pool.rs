@@ -2,13 +2,14 @@
 //! to that node, so many requests are in flight on each at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::{ClientError, Result};
+use super::pipeline::Session;
 use crate::pb::v1::key_value_client::KeyValueClient;
 use crate::MAX_MESSAGE_BYTES;
 
@@ -19,6 +20,12 @@ pub(crate) struct NodeConns {
     next: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
     down_for: Duration,
+    /// The pipeline session single-key calls share, opened on first use and again after it
+    /// ends.
+    session: Mutex<Option<Arc<Session>>>,
+    /// Set when the node answered UNIMPLEMENTED to Pipeline (a version without it): its
+    /// single-key calls go unary from then on.
+    unary_only: AtomicBool,
 }
 
 impl NodeConns {
@@ -32,6 +39,25 @@ impl NodeConns {
         KeyValueClient::new(self.channels[i].clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The node's pipeline session, opened on one of its channels if none is open.
+    pub(crate) fn session(&self) -> Arc<Session> {
+        let mut session = self.session.lock().expect("not poisoned");
+        match &*session {
+            Some(open) if !open.ended() => open.clone(),
+            _ => session
+                .insert(Arc::new(Session::open(self.client())))
+                .clone(),
+        }
+    }
+
+    pub(crate) fn unary_only(&self) -> bool {
+        self.unary_only.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_unary_only(&self) {
+        self.unary_only.store(true, Ordering::Relaxed);
     }
 
     /// After a transport failure the node goes to the back of every candidate list until
@@ -95,6 +121,8 @@ impl Pool {
             next: AtomicUsize::new(0),
             down_until: Mutex::new(None),
             down_for: self.down_for,
+            session: Mutex::new(None),
+            unary_only: AtomicBool::new(false),
         });
         nodes.insert(address.to_owned(), node.clone());
         Ok(node)

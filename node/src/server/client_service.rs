@@ -26,15 +26,25 @@ const PAGE_SIZE_MAX: u32 = 10_000;
 /// Range reports queued for a slow client before the repair waits for it.
 const REPAIR_PROGRESS_QUEUE: usize = 16;
 
+mod pipeline;
+
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    let service = KeyValueServer::new(ClientService { node })
+    let client_service = ClientService {
+        node,
+        stop: stop.clone(),
+    };
+    let service = KeyValueServer::new(client_service)
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
     super::serve_grpc("client", Routes::new(service), listener, stop).await;
 }
 
+#[derive(Clone)]
 struct ClientService {
     node: Arc<Node>,
+    /// Pipeline sessions outlive single requests, so they watch for shutdown themselves: the
+    /// server's graceful shutdown waits for every open stream to end.
+    stop: watch::Receiver<bool>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -50,11 +60,14 @@ impl ClientService {
                 }
                 Ok(response)
             }
-            Err(e) => {
-                self.node.metrics.client_errors.add(1);
-                Err(e.into_status())
-            }
+            Err(e) => Err(self.failed(e).into_status()),
         }
+    }
+
+    /// Counts an error on its way to the client.
+    fn failed(&self, error: KvError) -> KvError {
+        self.node.metrics.client_errors.add(1);
+        error
     }
 
     /// Refuses an operation on this node addressed to another (a stale address book).
@@ -379,6 +392,16 @@ impl KeyValue for ClientService {
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
         let r = self.delete_inner(request.into_inner()).await;
         self.reply(r)
+    }
+
+    type PipelineStream = pipeline::Responses;
+
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<pb::PipelineRequest>>,
+    ) -> Reply<Self::PipelineStream> {
+        let responses = self.open_pipeline(request.into_inner());
+        self.reply(Ok(responses))
     }
 
     async fn multi_get(
