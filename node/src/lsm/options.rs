@@ -142,7 +142,7 @@ impl Default for Options {
             memtable_bytes: 64 * MIB,
             immutable_memtables_max: 2,
             block_bytes: 16 * KIB,
-            compression: Compression::Zstd { level: 1 },
+            compression: Compression::Lz4,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 * MIB,
             row_cache_bytes: 8 * MIB,
