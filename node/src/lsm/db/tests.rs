@@ -528,7 +528,7 @@ fn reopening_in_a_tight_loop_never_trips_over_the_previous_instance() {
 }
 
 #[test]
-fn try_get_answers_from_memory_and_declines_a_block_not_in_the_cache() {
+fn try_get_answers_from_memory_or_declines_never_wrongly() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
     let opts = || Options {
@@ -548,7 +548,13 @@ fn try_get_answers_from_memory_and_declines_a_block_not_in_the_cache() {
         db.try_get(b"in-memtable").unwrap(),
         hit(Cell::value(ts(2), "b"))
     );
-    assert_eq!(db.try_get(b"on-disk").unwrap(), Cached::Miss);
+    // Unless the block is in the OS page cache (likely: the file was just written), reading it
+    // would wait for the disk, and the answer is "ask again where you may block".
+    let on_disk = db.try_get(b"on-disk").unwrap();
+    assert!(
+        [Cached::Miss, hit(Cell::value(ts(1), "a"))].contains(&on_disk),
+        "{on_disk:?}"
+    );
     // The bloom filter and the index are in memory: an absent key needs no block.
     assert_eq!(db.try_get(b"absent").unwrap(), Cached::Hit(None));
     assert_eq!(db.get(b"on-disk").unwrap(), Some(Cell::value(ts(1), "a")));

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -166,15 +167,25 @@ impl Table {
         self.index.handle(i).offset
     }
 
-    /// Data block `i` if the block cache holds it.
+    /// Data block `i` if the block cache holds it or the OS page cache holds its bytes (read
+    /// without waiting for the disk, then cached as any read block is).
     fn cached_data_block(&self, i: usize) -> Result<Option<Block>> {
         let handle = self.index.handle(i);
-        match self.cache.get(&(self.meta.file_number, handle.offset)) {
-            Some(bytes) => Block::parse(bytes)
-                .map(Some)
-                .map_err(|e| self.block_corruption(handle.offset, e)),
-            None => Ok(None),
-        }
+        let key = (self.meta.file_number, handle.offset);
+        let bytes = match self.cache.get(&key) {
+            Some(bytes) => bytes,
+            None => match self.file.read_block_nowait(handle, "data")? {
+                Some(bytes) => {
+                    let charge = bytes.len() + CACHE_ENTRY_OVERHEAD_BYTES;
+                    self.cache.insert(key, bytes.clone(), charge);
+                    bytes
+                }
+                None => return Ok(None),
+            },
+        };
+        Block::parse(bytes)
+            .map(Some)
+            .map_err(|e| self.block_corruption(handle.offset, e))
     }
 
     /// Data block `i` from the cache, or read, verified and decompressed from the file.
@@ -258,9 +269,44 @@ impl TableFile {
 
     /// Reads a stored block whose handle is known to lie within the file, verifies its
     /// checksum and returns its raw contents.
+    /// As [`TableFile::read_at`] when the page cache holds every byte; `None` when reading
+    /// would wait for the disk (or the kernel cannot tell without waiting).
+    fn read_at_nowait(&self, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; len];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let Ok(offset) = libc::off_t::try_from(offset) else {
+            return Ok(None);
+        };
+        // SAFETY: `iov` describes `buf`, which lives and is not otherwise borrowed until the
+        // call returns; the descriptor is open for as long as `self.file` is.
+        let read =
+            unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        // EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here) and short reads all mean: read
+        // it the blocking way, which also reports real errors with the file's name.
+        Ok((read == len as isize).then_some(buf))
+    }
+
     fn read_block(&self, handle: BlockHandle, what: &str) -> Result<Bytes> {
         let size = handle.size as usize;
-        let mut buf = self.read_at(handle.offset, size + BLOCK_TRAILER_BYTES)?;
+        let buf = self.read_at(handle.offset, size + BLOCK_TRAILER_BYTES)?;
+        self.decode_block(handle, what, buf)
+    }
+
+    /// As [`TableFile::read_block`], or `None` when the page cache does not hold the block.
+    fn read_block_nowait(&self, handle: BlockHandle, what: &str) -> Result<Option<Bytes>> {
+        let size = handle.size as usize;
+        match self.read_at_nowait(handle.offset, size + BLOCK_TRAILER_BYTES)? {
+            Some(buf) => self.decode_block(handle, what, buf).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Verifies a block read with its trailer and undoes its compression.
+    fn decode_block(&self, handle: BlockHandle, what: &str, mut buf: Vec<u8>) -> Result<Bytes> {
+        let size = handle.size as usize;
         let block_type = buf[size];
         let stored = u64::from_le_bytes(buf[size + 1..].try_into().unwrap_or_default());
         if xxh3_64(&buf[..=size]) != stored {
