@@ -25,16 +25,22 @@ use crate::lsm::Mutation;
 const SCAN_LIMIT_MAX: u32 = 10_000;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    let service = InternodeServer::new(InternodeService { node })
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
+    let service = InternodeServer::new(InternodeService {
+        node,
+        stop: stop.clone(),
+    })
+    .accept_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Zstd)
+    .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
     super::serve_grpc("internode", Routes::new(service), listener, stop).await;
 }
 
 struct InternodeService {
     node: Arc<Node>,
+    /// Ends long-lived streams when the node stops: a graceful shutdown waits for every open
+    /// stream, and peers keep their pipes open indefinitely.
+    stop: watch::Receiver<bool>,
 }
 
 fn status(e: KvError) -> Status {
@@ -113,6 +119,7 @@ impl Internode for InternodeService {
             self.node.clone(),
             request.into_inner(),
             tx,
+            self.stop.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -12,7 +12,7 @@ use client::pb::internode::v1 as ipb;
 use futures_util::Stream;
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::convert::{cell_to_pb, check_key};
 use super::internode_service::{check_sender, check_target};
@@ -202,15 +202,24 @@ pub const PIPE_RESPONSES_QUEUED: usize = 64;
 const PIPE_BATCHES_IN_FLIGHT: usize = 32;
 
 /// The serving end of a pipe: checks who sends, then runs each message's operations as one
-/// task and answers them in one message.
+/// task and answers them in one message. Ends when the peer closes the stream or this node
+/// stops; the operations already started are still answered.
 pub async fn serve(
     node: Arc<Node>,
     mut inbound: tonic::Streaming<ipb::PipeRequest>,
     tx: mpsc::Sender<Result<ipb::PipeResponse, tonic::Status>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let batches = Arc::new(Semaphore::new(PIPE_BATCHES_IN_FLIGHT));
     let mut first = true;
-    while let Ok(Some(request)) = inbound.message().await {
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let Ok(Some(request)) = message else {
+            return;
+        };
         if std::mem::take(&mut first) {
             let checked = check_sender(&node, &request.sender)
                 .and_then(|()| check_target(&node, &request.target_node_id));
