@@ -52,7 +52,7 @@ curve() { # store, bench args...
         "$kvctl" bench "${common[@]}" --phase run --inflight 1024 --rate "$rate" \
             --ops $((rate * seconds)) >"$out/$s-rate$pct.json"
         echo "$s at $pct% ($rate ops/s): $(field "$out/$s-rate$pct.json" \
-            '" ".join(f"{k} p50 {v["p50_us"]/1000:.2f} p99 {v["p99_us"]/1000:.2f} ms" for k, v in d["phases"][-1]["operations"].items())')"
+            '" ".join("%s p50 %.2f p99 %.2f ms" % (k, v["p50_us"] / 1000, v["p99_us"] / 1000) for k, v in d["phases"][-1]["operations"].items())')"
     done
 }
 

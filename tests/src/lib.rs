@@ -198,9 +198,19 @@ pub struct KvctlOutput {
 
 /// Runs the real kvctl with `args`, killing it if it outlives `timeout`.
 pub async fn kvctl(args: &[&str], timeout: Duration) -> KvctlOutput {
+    kvctl_with_env(args, &[], timeout).await
+}
+
+/// As [`kvctl`], with more environment variables, which nodes it starts inherit.
+pub async fn kvctl_with_env(
+    args: &[&str],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> KvctlOutput {
     let mut command = Command::new(&binaries().kvctl);
     command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("KV_NODE_BIN", &binaries().kv_node)
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -256,6 +266,7 @@ pub struct ClusterBuilder {
     racks: usize,
     wan_latency: Option<Duration>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -273,6 +284,12 @@ impl ClusterBuilder {
     /// More `kvctl local up` flags, e.g. `["--vnodes", "8"]`.
     pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
         self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable for every node started by `up` (`KV_NODE_*` settings).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -315,7 +332,7 @@ impl ClusterBuilder {
             }
             args.extend(self.extra_args.iter().cloned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = kvctl(&args, UP_TIMEOUT + KVCTL_SLACK).await;
+            let out = kvctl_with_env(&args, &self.env, UP_TIMEOUT + KVCTL_SLACK).await;
             if out.success {
                 let cluster = Cluster {
                     dir: Some(dir),
@@ -372,6 +389,7 @@ impl Cluster {
             racks: 1,
             wan_latency: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 

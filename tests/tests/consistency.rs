@@ -453,3 +453,35 @@ async fn any_succeeds_with_only_a_hint_and_the_hint_arrives() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_remote_replica_on_pipes_when_forwarding_is_off() {
+    let cluster = Cluster::builder(2, 3)
+        .env("KV_NODE_FORWARD_REMOTE_WRITES", "false")
+        .up()
+        .await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3), ("dc2", 3)]).await;
+    for i in 0..10 {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        put(&mut c, &key, &value, ConsistencyLevel::EachQuorum)
+            .await
+            .unwrap_or_else(|e| panic!("put {key} at EACH_QUORUM: {e}"));
+        let key_ref = &key;
+        let value_ref = &value;
+        cluster
+            .wait_until(
+                || {
+                    let mut c = c.clone();
+                    async move {
+                        let values = replica_values(&mut c, key_ref).await;
+                        values.len() == 6
+                            && values.values().all(|v| v.as_deref() == Some(value_ref))
+                    }
+                },
+                Duration::from_secs(10),
+                "all six replicas hold the write",
+            )
+            .await;
+    }
+}

@@ -54,7 +54,7 @@ pub const CONFIG_ENV_VAR: &str = "KV_NODE_CONFIG";
 type Setter = fn(&mut NodeConfig, &str) -> Result<(), String>;
 
 /// Environment variables, the field each overrides, and how its text is applied.
-const ENV_VARS: [(&str, &str, Setter); 9] = [
+const ENV_VARS: [(&str, &str, Setter); 10] = [
     ("KV_NODE_NODE_ID", "node_id", |c, v| {
         c.node_id = v.to_owned();
         Ok(())
@@ -91,6 +91,15 @@ const ENV_VARS: [(&str, &str, Setter); 9] = [
         c.vnodes = v.trim().parse().map_err(|_| "not a whole number")?;
         Ok(())
     }),
+    (
+        "KV_NODE_FORWARD_REMOTE_WRITES",
+        "coordinator.forward_remote_writes",
+        |c, v| {
+            c.coordinator.forward_remote_writes =
+                v.trim().parse().map_err(|_| "not true or false")?;
+            Ok(())
+        },
+    ),
 ];
 
 /// The `KV_NODE_*` variables and the field each overrides, for help text and docs.

@@ -159,8 +159,11 @@ fn every_env_var_sets_its_field() {
         ("KV_NODE_LISTEN_HTTP", "127.0.0.2:1003"),
         ("KV_NODE_SEEDS", " a.example:7000, 10.0.0.1:7000 ,"),
         ("KV_NODE_VNODES", "32"),
+        ("KV_NODE_FORWARD_REMOTE_WRITES", "false"),
     ]);
-    assert_eq!(env_vars().count(), 9, "a variable is not covered here");
+    assert_eq!(env_vars().count(), 10, "a variable is not covered here");
+    let config = NodeConfig::load(&NodeArgs::default(), &env).unwrap();
+    assert!(!config.coordinator.forward_remote_writes);
     let config = NodeConfig::load(&NodeArgs::default(), &env).unwrap();
     assert_eq!(config.node_id, "env-node");
     assert_eq!(config.data_dir, Path::new("/tmp/env-data"));

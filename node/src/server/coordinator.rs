@@ -137,17 +137,23 @@ impl Node {
             contacted.iter().copied(),
             0,
         );
-        // Local-DC replicas are awaited right here rather than each in a task of its own;
-        // remote DCs report through the channel as their forwarders stream acks back.
+        // Replicas written directly are awaited right here rather than each in a task of its
+        // own; forwarded DCs report through the channel as their forwarders stream acks back.
+        let forward = self.config.coordinator.forward_remote_writes;
+        let direct = (plan.remote.iter())
+            .filter(|_| !forward)
+            .flat_map(|(_, nodes)| nodes);
         let node = &self;
-        let mut local: FuturesUnordered<_> = (plan.local.iter())
+        let mut local: FuturesUnordered<_> = (plan.local.iter().chain(direct))
             .map(|&n| {
                 let (target, muts, ks) = (self.target(&route, n), muts.clone(), &keyspace);
                 async move { (n, node.write_replica(&target, ks, muts, deadline).await) }
             })
             .collect();
         let (tx, mut rx) = mpsc::channel::<(NodeIdx, bool)>(contacted.len().max(1));
-        self.send_forwards(&route, &plan, &keyspace, &muts, deadline, &tx);
+        if forward {
+            self.send_forwards(&route, &plan, &keyspace, &muts, deadline, &tx);
+        }
         drop(tx);
         let mut done = Some(done);
         let hinted_now = self
