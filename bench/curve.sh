@@ -7,6 +7,7 @@
 #   bench/curve.sh [--peers] [--records N] [--seconds S] [--out DIR] [--png FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 peers=false records=100000 seconds=10 out="" png=docs/ycsb-a-latency.png
 while [ $# -gt 0 ]; do
@@ -23,11 +24,9 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-$(mktemp -d -t kv-curve.XXXXXX)}
 mkdir -p "$out"
-target=${CARGO_TARGET_DIR:-target}
 features=()
 $peers && features=(--features bench-peers)
-cargo build --release --locked -p node --bin kv-node -p cli --bin kvctl "${features[@]}"
-kvctl=$target/release/kvctl
+build_release "${features[@]}"
 
 venv=$target/bench-venv
 if [ ! -x "$venv/bin/python" ]; then

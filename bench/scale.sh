@@ -7,6 +7,7 @@
 #   bench/scale.sh [nodes|records|all] [--value-size BYTES] [--ops N] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 what=all value_size=100 ops=200000 out=""
 while [ $# -gt 0 ]; do
@@ -22,17 +23,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-$(mktemp -d -t kv-scale.XXXXXX)}
 mkdir -p "$out"
-target=${CARGO_TARGET_DIR:-target}
-cargo build --release --locked -p node --bin kv-node -p cli --bin kvctl
-kvctl=$target/release/kvctl
-
-node_cpu_ticks() { # cluster dir: total user+system clock ticks of its kv-node processes
-    local sum=0
-    for pid in $(pgrep -f "kv-node.*$1/" || true); do
-        sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    echo "$sum"
-}
+build_release
 
 one() { # name, nodes, records
     local name=$1 nodes=$2 records=$3 dir=$out/$1
@@ -43,10 +34,10 @@ one() { # name, nodes, records
         --cl QUORUM --threads 2 --inflight 128 -o json)
     "$kvctl" bench "${common[@]}" --phase load >"$out/$name-load.json" 2>>"$out/progress.log"
     local before after
-    before=$(node_cpu_ticks "$dir")
+    before=$(server_ticks "kv-node.*$dir/")
     "$kvctl" bench "${common[@]}" --phase run --ops "$ops" >"$out/$name-run.json" \
         2>>"$out/progress.log"
-    after=$(node_cpu_ticks "$dir")
+    after=$(server_ticks "kv-node.*$dir/")
     local disk
     disk=$(du -sm "$dir" | cut -f1)
     python3 - "$name" "$out/$name-run.json" "$before" "$after" "$(getconf CLK_TCK)" \

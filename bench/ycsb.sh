@@ -10,6 +10,7 @@
 #                 [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 peers=false dcs=1 records=100000 ops=100000 threads=2 inflight=128 out=""
 while [ $# -gt 0 ]; do
@@ -28,19 +29,9 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-$(mktemp -d -t kv-ycsb.XXXXXX)}
 mkdir -p "$out"
-target=${CARGO_TARGET_DIR:-target}
 features=()
 $peers && features=(--features bench-peers)
-cargo build --release --locked -p node --bin kv-node -p cli --bin kvctl "${features[@]}"
-kvctl=$target/release/kvctl
-
-server_ticks() { # pgrep pattern: user+system clock ticks of the store's server processes
-    local sum=0
-    for pid in $(pgrep -f "$1" || true); do
-        sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$sum"
-}
+build_release "${features[@]}"
 
 summary() { # name json ticks-before ticks-after
     python3 - "$@" "$(getconf CLK_TCK)" <<'PY'
