@@ -29,7 +29,8 @@ pub struct Peers {
     me: String,
     dc: String,
     channels: DashMap<String, Internode>,
-    pipes: DashMap<String, Arc<Pipe>>,
+    /// By host id, with the address each pipe was opened to.
+    pipes: DashMap<String, (String, Arc<Pipe>)>,
     wan_latency_ms: BTreeMap<String, u64>,
     /// Connections leave from the internode listen address, so a peer (and a firewall rule
     /// cutting DCs apart, on loopback where every address would otherwise send as 127.0.0.1)
@@ -102,34 +103,34 @@ impl Peers {
     }
 
     /// The pipe to node `node_id` at `address` in `dc`, opened on first use and again after
-    /// it closes (the peer restarted, or another node took the address).
+    /// it closes (the peer restarted) or the node moved to another address.
     pub fn pipe(
         &self,
         address: &str,
         dc: &str,
         node_id: &str,
     ) -> Result<Arc<Pipe>, tonic::transport::Error> {
-        let key = format!("{address}/{node_id}");
-        if let Some(p) = self.pipes.get(&key).filter(|p| !p.is_closed()) {
-            return Ok(p.clone());
+        // Looked up by &str: this runs for every replica operation.
+        if let Some(p) = (self.pipes.get(node_id)).filter(|p| p.0 == address && !p.1.is_closed()) {
+            return Ok(p.1.clone());
         }
         if self.pipes.len() >= CHANNELS_MAX {
             self.pipes.clear();
         }
-        let open = || -> Result<Arc<Pipe>, tonic::transport::Error> {
+        let open = || -> Result<(String, Arc<Pipe>), tonic::transport::Error> {
             let client = self.client(address, Some(dc))?;
-            Ok(Arc::new(Pipe::open(
-                client,
-                self.sender(),
-                node_id.to_owned(),
-            )))
+            let pipe = Pipe::open(client, self.sender(), node_id.to_owned());
+            Ok((address.to_owned(), Arc::new(pipe)))
         };
         // Under the entry's lock, so callers racing to reopen share one pipe.
-        let mut entry = self.pipes.entry(key).or_try_insert_with(open)?;
-        if entry.is_closed() {
+        let mut entry = self
+            .pipes
+            .entry(node_id.to_owned())
+            .or_try_insert_with(open)?;
+        if entry.0 != address || entry.1.is_closed() {
             *entry = open()?;
         }
-        Ok(entry.clone())
+        Ok(entry.1.clone())
     }
 
     /// The simulated one-way delay to a node in `dc`.

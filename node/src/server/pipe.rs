@@ -294,7 +294,7 @@ async fn read(
         Ok(cell) => ipb::pipe_result::Result::Read(ipb::PipeCell {
             cell: cell.as_ref().map(cell_to_pb),
         }),
-        Err(e) => return unavailable(id, e),
+        Err(e) => return error(id, e),
     };
     ipb::PipeResult {
         id,
@@ -323,22 +323,15 @@ async fn write(
     for (id, muts) in ops {
         results.push(match node.apply_local(&keyspace, muts).await {
             Ok(()) => written(id),
-            Err(e) => unavailable(id, e),
+            Err(e) => error(id, e),
         });
     }
     results
 }
 
-fn error(id: u64, e: KvError) -> ipb::PipeResult {
+fn error(id: u64, e: impl Into<client::pb::v1::Error>) -> ipb::PipeResult {
     ipb::PipeResult {
         id,
         result: Some(ipb::pipe_result::Result::Error(e.into())),
-    }
-}
-
-fn unavailable(id: u64, e: ReplicaError) -> ipb::PipeResult {
-    ipb::PipeResult {
-        id,
-        result: Some(ipb::pipe_result::Result::Error(e.to_pb())),
     }
 }

@@ -30,6 +30,18 @@ pub enum ReplicaError {
     Failed(String),
 }
 
+impl From<super::storage::StorageError> for ReplicaError {
+    fn from(e: super::storage::StorageError) -> Self {
+        ReplicaError::Failed(e.to_string())
+    }
+}
+
+impl From<ReplicaError> for pb::Error {
+    fn from(e: ReplicaError) -> Self {
+        e.to_pb()
+    }
+}
+
 impl ReplicaError {
     pub fn to_pb(&self) -> pb::Error {
         let code = match self {
@@ -112,7 +124,7 @@ impl Node {
         tokio::task::spawn_blocking(move || f(&node))
             .await
             .map_err(|e| ReplicaError::Failed(e.to_string()))?
-            .map_err(|e| ReplicaError::Failed(e.to_string()))
+            .map_err(ReplicaError::from)
     }
 
     /// Applies `muts` on this node's storage: inline when the engine would not wait, which
@@ -122,8 +134,7 @@ impl Node {
         keyspace: &str,
         muts: Vec<Mutation>,
     ) -> Result<(), ReplicaError> {
-        let failed = |e: super::storage::StorageError| ReplicaError::Failed(e.to_string());
-        let muts = match self.storage.try_apply(keyspace, muts).map_err(failed)? {
+        let muts = match self.storage.try_apply(keyspace, muts)? {
             TryWrite::Written => return Ok(()),
             TryWrite::WouldWait(muts) => muts,
         };
@@ -140,8 +151,7 @@ impl Node {
         user_key: &[u8],
     ) -> Result<Option<Cell>, ReplicaError> {
         let key = super::storage::engine_key(user_key);
-        let failed = |e: super::storage::StorageError| ReplicaError::Failed(e.to_string());
-        if let Cached::Hit(cell) = self.storage.try_read(keyspace, &key).map_err(failed)? {
+        if let Cached::Hit(cell) = self.storage.try_read(keyspace, &key)? {
             return Ok(cell);
         }
         let keyspace = keyspace.to_owned();

@@ -240,11 +240,20 @@ impl Inner {
         self.maybe_switch()
     }
 
+    /// L0 files as back-pressure counts them: only leveled compaction bounds L0.
+    fn l0_files(&self, v: &Version) -> usize {
+        let leveled = matches!(self.opts.compaction, CompactionStrategy::Leveled { .. });
+        if leveled {
+            v.levels[0].len()
+        } else {
+            0
+        }
+    }
+
     /// True when a write now would block on more than its WAL group.
     fn write_would_wait(&self) -> bool {
         let v = self.current();
-        let leveled = matches!(self.opts.compaction, CompactionStrategy::Leveled { .. });
-        let l0 = if leveled { v.levels[0].len() } else { 0 };
+        let l0 = self.l0_files(&v);
         self.opts.sync == SyncPolicy::Always
             || v.imm.len() >= self.opts.immutable_memtables_max
             || l0 >= self.opts.l0_slowdown_files
@@ -322,10 +331,9 @@ impl Inner {
     /// Back-pressure: wait while sealed memtables or L0 are at their limit, and slow down
     /// while L0 is past its slowdown mark, instead of letting memory or read cost grow.
     fn throttle_writes(&self) -> Result<()> {
-        let leveled = matches!(self.opts.compaction, CompactionStrategy::Leveled { .. });
         loop {
             let v = self.current();
-            let l0 = if leveled { v.levels[0].len() } else { 0 };
+            let l0 = self.l0_files(&v);
             if v.imm.len() >= self.opts.immutable_memtables_max || l0 >= self.opts.l0_stop_files {
                 let started = std::time::Instant::now();
                 {
