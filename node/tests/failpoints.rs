@@ -2,7 +2,10 @@
 //! arms points for the whole process, so they run one at a time under `FailScenario`.
 #![cfg(feature = "failpoints")]
 
-use node::lsm::{Cell, Db, Error, Options, SyncPolicy};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use node::lsm::{Cell, Db, Error, Mutation, Options, SyncPolicy, TryWrite};
 
 fn opts() -> Options {
     Options {
@@ -47,6 +50,72 @@ fn writes_stall_instead_of_growing_memory_when_flushes_fall_behind() {
     assert!(stats.immutable_memtables <= 1);
     fail::remove("flush-build");
     assert_all_present(&db, 1500);
+    scenario.teardown();
+}
+
+fn try_put(db: &Db, i: u32) -> TryWrite {
+    let cell = Cell::value(i as u64 + 1, vec![i as u8; 200]);
+    let key = Bytes::copy_from_slice(&i.to_be_bytes());
+    db.try_write(vec![Mutation { key, cell }]).unwrap()
+}
+
+/// A memtable switch creates and syncs its WAL segment before it holds writers off: while it
+/// does, writes go on inline into the full memtable, up to twice its size, then wait.
+#[test]
+fn writers_go_on_while_a_switch_prepares_its_wal_segment_up_to_twice_the_memtable() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            immutable_memtables_max: 2,
+            ..opts()
+        },
+    )
+    .unwrap();
+    fail::cfg("wal-prepare", "pause").unwrap();
+    let memtable_bytes = opts().memtable_bytes as u64;
+    let mut next = 0;
+    while db.stats().memtable_bytes < memtable_bytes {
+        assert!(matches!(try_put(&db, next), TryWrite::Written));
+        next += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    std::thread::scope(|s| {
+        let (db, first) = (&db, next);
+        let switcher = s.spawn(move || fill(db, first, first + 1));
+        let mut inline = next + 1;
+        // Until the switcher is under way, a write to the full memtable is handed back.
+        while matches!(try_put(&db, inline), TryWrite::WouldWait(_)) {
+            assert!(Instant::now() < deadline, "the switch never started");
+        }
+        while matches!(try_put(&db, inline), TryWrite::Written) {
+            inline += 1;
+            assert!(Instant::now() < deadline, "no bound on the memtable");
+        }
+        let stats = db.stats();
+        assert!(
+            inline > next + 100,
+            "writes waited for the switch: {stats:?}"
+        );
+        assert!(
+            stats.memtable_bytes <= 2 * memtable_bytes + 1024,
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.immutable_memtables + stats.flushes as usize,
+            0,
+            "{stats:?}"
+        );
+        fail::remove("wal-prepare");
+        switcher.join().unwrap();
+        fill(db, inline, inline + 1);
+        next = inline + 1;
+    });
+    assert!(db.stats().flushes + db.stats().immutable_memtables as u64 > 0);
+    assert_all_present(&db, next);
+    db.close().unwrap();
+    assert_all_present(&Db::open(dir.path(), opts()).unwrap(), next);
     scenario.teardown();
 }
 

@@ -122,6 +122,8 @@ pub struct Engine {
     pub row_cache_bytes: ByteSize,
     /// 0 leaves compaction unthrottled.
     pub compaction_throughput_mib_per_sec: u64,
+    /// Nice value of flush and compaction threads, 0..=19.
+    pub background_nice: i32,
     pub sync: SyncConfig,
     pub compression: CompressionConfig,
     pub compaction: CompactionConfig,
@@ -135,6 +137,7 @@ impl Default for Engine {
             block_cache_bytes: ByteSize::mib(64),
             row_cache_bytes: ByteSize::mib(8),
             compaction_throughput_mib_per_sec: 0,
+            background_nice: 10,
             sync: SyncConfig::default(),
             compression: CompressionConfig::default(),
             compaction: CompactionConfig::default(),

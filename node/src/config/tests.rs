@@ -70,6 +70,7 @@ fn defaults_are_the_engine_and_detector_defaults() {
         ours.compaction_bytes_per_sec,
         engine.compaction_bytes_per_sec
     );
+    assert_eq!(ours.background_nice, engine.background_nice);
     assert_eq!(
         CompactionConfig::SizeTiered(SizeTiered::default()).strategy(),
         CompactionStrategy::size_tiered()
@@ -324,6 +325,11 @@ fn every_validation_error_names_its_field() {
             |c| c.engine.memtable_bytes = ByteSize::kib(1),
             "engine.memtable_bytes",
             "below 64 KiB",
+        ),
+        (
+            |c| c.engine.background_nice = -5,
+            "engine.background_nice",
+            "-5 is outside 0..=19",
         ),
         (
             |c| {
@@ -615,6 +621,7 @@ fn engine_options_carry_every_setting() {
         block_cache_bytes: ByteSize::mib(128),
         row_cache_bytes: ByteSize(0),
         compaction_throughput_mib_per_sec: 16,
+        background_nice: 19,
         sync: SyncConfig::Always {},
         compression: CompressionConfig::Zstd(ZstdCompression { level: 3 }),
         compaction: CompactionConfig::TimeWindow(TimeWindow {
@@ -633,6 +640,7 @@ fn engine_options_carry_every_setting() {
     assert_eq!(options.block_cache_bytes, 128 << 20);
     assert_eq!(options.row_cache_bytes, 0);
     assert_eq!(options.compaction_bytes_per_sec, 16 << 20);
+    assert_eq!(options.background_nice, 19);
     assert_eq!(options.sync, SyncPolicy::Always);
     assert_eq!(options.compression, Compression::Zstd { level: 3 });
     let window = CompactionStrategy::TimeWindow {

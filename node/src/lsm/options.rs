@@ -122,6 +122,10 @@ pub struct Options {
     pub l0_stop_files: usize,
     /// Background compaction bandwidth (bytes written per second); 0 means unthrottled.
     pub compaction_bytes_per_sec: u64,
+    /// Nice value of the flush and compaction threads (0..=19; 0 leaves them at the
+    /// process's): a burst of background work then takes the CPU the request threads leave
+    /// idle instead of sharing it evenly with them.
+    pub background_nice: i32,
     /// Tombstones and expired cells older than now minus this may be purged, unless the caller
     /// supplies its own horizon (the node ties it to completed repairs).
     pub gc_grace_ms: u64,
@@ -150,6 +154,7 @@ impl Default for Options {
             l0_slowdown_files: 20,
             l0_stop_files: 36,
             compaction_bytes_per_sec: 0,
+            background_nice: 10,
             gc_grace_ms: 10 * 24 * 3600 * 1000,
             merge_rule: Arc::new(LastWriteWins),
             clock: Arc::new(SystemClock),
@@ -202,6 +207,12 @@ impl Options {
         }
         if self.l0_slowdown_files > self.l0_stop_files {
             return bad("l0_slowdown_files", "must not exceed l0_stop_files".into());
+        }
+        if !(0..=19).contains(&self.background_nice) {
+            return bad(
+                "background_nice",
+                format!("{} is outside 0..=19", self.background_nice),
+            );
         }
         if self.bloom_bits_per_key > 32 {
             return bad(

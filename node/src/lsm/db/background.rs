@@ -31,7 +31,10 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
         let worker = inner.clone();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || work(&worker))
+            .spawn(move || {
+                lower_priority(worker.opts.background_nice);
+                work(&worker)
+            })
             .map_err(|e| Error::io(&inner.dir, e))
     };
     let mut workers = Vec::with_capacity(2);
@@ -49,6 +52,20 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
         }
     }
     Ok(workers)
+}
+
+/// Gives the calling thread the nice value `nice`. Linux keeps nice per thread, so this leaves
+/// the request threads as they are. Best effort: a refusal costs latency, never correctness.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority take and return plain integers; no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(nice, %error, "cannot lower the priority of a background thread");
+    }
 }
 
 fn record_failure(inner: &Inner, what: &str, e: &Error) {

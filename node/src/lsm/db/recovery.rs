@@ -72,6 +72,8 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         write_gate: RwLock::new(mem),
         version: RwLock::new(Arc::new(version)),
         edit_lock: Mutex::new(()),
+        switch_lock: Mutex::new(()),
+        switching: AtomicBool::new(false),
         manifest,
         wal,
         next_seq: AtomicU64::new(last_seq.max(state.flushed_seq) + 1),
@@ -192,7 +194,7 @@ fn existing_segments(dir: &Path, state: &ManifestState) -> Result<(Vec<u64>, Vec
 }
 
 /// Rebuilds the memtable from `segments`, skipping records already flushed. Returns the
-/// highest sequence number seen. Only the newest segment may end in a torn write.
+/// highest sequence number seen. Only the two newest segments may end in a torn write.
 fn replay_wal(
     dir: &Path,
     segments: &[u64],
@@ -203,8 +205,10 @@ fn replay_wal(
     let mut last_seq = 0;
     for (i, &id) in segments.iter().enumerate() {
         let path = wal::segment_path(dir, id);
-        let is_last = i + 1 == segments.len();
-        let replay = wal::replay_segment(&path, is_last, |seq, mutations| {
+        // A switch retires the old segment before syncing it, so the one before the newest
+        // may have been in flight at a crash too.
+        let in_flight = i + 2 >= segments.len();
+        let replay = wal::replay_segment(&path, in_flight, |seq, mutations| {
             for (j, m) in mutations.into_iter().enumerate() {
                 let s = seq + j as u64;
                 last_seq = last_seq.max(s);

@@ -398,12 +398,7 @@ fn a_crash_between_recording_and_creating_a_wal_segment_still_opens() {
     let segments = crate::lsm::wal::list_segments(dir.path()).unwrap();
     let newest = *segments.last().unwrap();
     // The newest segment was being written when the crash came: a torn record at its end.
-    let path = crate::lsm::wal::segment_path(dir.path(), newest);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
-    bytes.truncate(end);
-    bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad]);
-    std::fs::write(&path, bytes).unwrap();
+    tear_wal_segment(dir.path(), newest);
     {
         let (manifest, _) =
             crate::lsm::manifest::Manifest::open(&dir.path().join("manifest")).unwrap();
@@ -415,6 +410,46 @@ fn a_crash_between_recording_and_creating_a_wal_segment_still_opens() {
     }
     let db = Db::open(dir.path(), small_opts(clock)).unwrap();
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
+}
+
+/// Ends `segment`'s records with a torn one, as a crash mid-write leaves it.
+fn tear_wal_segment(dir: &std::path::Path, segment: u64) {
+    let path = crate::lsm::wal::segment_path(dir, segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    bytes.truncate(end);
+    bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad]);
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// A memtable switch syncs the old WAL segment only after the new one takes appends, so a
+/// crash in between can leave a torn record at the end of the segment before the newest: it
+/// is cut as the newest's would be. Older segments were synced before that one took appends,
+/// so damage in them is still corruption.
+#[test]
+fn a_torn_tail_in_the_segment_before_the_newest_is_cut_but_older_damage_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    for (i, key) in [b"a", b"b", b"c"].into_iter().enumerate() {
+        let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+        db.put(key, Cell::value(ts(i as u64 + 1), "v")).unwrap();
+        db.close().unwrap();
+    }
+    let segments = crate::lsm::wal::list_segments(dir.path()).unwrap();
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    tear_wal_segment(dir.path(), segments[1]);
+    let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+    for key in [b"a", b"b", b"c"] {
+        assert_eq!(live(&db, key).as_deref(), Some(&b"v"[..]));
+    }
+    db.close().unwrap();
+    tear_wal_segment(dir.path(), segments[0]);
+    let reopened = Db::open(dir.path(), small_opts(clock));
+    assert!(
+        matches!(reopened, Err(crate::lsm::Error::Corruption { .. })),
+        "{:?}",
+        reopened.err()
+    );
 }
 
 #[test]
@@ -444,7 +479,7 @@ fn concurrent_writers_and_readers_through_flushes_and_compactions() {
     use std::sync::atomic::{AtomicBool, Ordering};
     const WRITERS: u64 = 3;
     const KEYS_PER_WRITER: u64 = 200;
-    const ROUNDS: u64 = 15;
+    const ROUNDS: u64 = 25;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
     let db = Arc::new(Db::open(dir.path(), small_opts(clock.clone())).unwrap());
@@ -609,4 +644,51 @@ fn try_write_hands_back_a_batch_that_would_wait_and_writes_nothing_of_it() {
         TryWrite::Written
     ));
     assert_eq!(db.get(b"big").unwrap(), Some(big));
+}
+
+/// Nice values of this process's threads named `name`.
+fn thread_nice_values(name: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+        // Field 19 of stat; the first after the name is field 3.
+        found.push(
+            after_comm
+                .split_whitespace()
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    found
+}
+
+#[test]
+fn flush_and_compaction_threads_run_at_the_background_nice_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let opts = Options {
+        background_nice: 13,
+        ..small_opts(clock)
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for name in ["lsm-flush", "lsm-compact"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !thread_nice_values(name).contains(&13) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: {:?}",
+                thread_nice_values(name)
+            );
+            std::thread::yield_now();
+        }
+    }
+    db.close().unwrap();
 }

@@ -21,7 +21,7 @@ use crate::lsm::Result;
 
 pub use format::{HEADER_BYTES, KEY_BYTES_MAX, RECORD_BODY_BYTES_MAX};
 pub use replay::{replay_segment, SegmentReplay};
-pub use writer::{Wal, WalOptions, WalStats};
+pub use writer::{NextSegment, Wal, WalOptions, WalStats};
 
 const FILE_PREFIX: &str = "wal-";
 const FILE_SUFFIX: &str = ".log";

@@ -37,7 +37,8 @@ pub struct SegmentReplay {
 
 /// Replays one segment in order, calling `visit(seq, mutations)` per record.
 ///
-/// `is_last` names the segment the process was writing when it stopped. There, a torn tail is
+/// `is_last` names a segment that may have been in flight when the process stopped: the one
+/// it was writing, or the one a switch had retired but not yet synced. There, a torn tail is
 /// cut off (truncated and synced, so a later replay, when the segment is no longer last, sees a
 /// clean end). Everything else that fails to verify is [`Error::Corruption`] with the file and
 /// offset; nothing is skipped.

@@ -92,6 +92,9 @@ pub struct WalStats {
     pub group_commits: u64,
 }
 
+/// A segment made ready by [`Wal::prepare`] to become the current one.
+pub struct NextSegment(Segment);
+
 /// The write-ahead log: one open segment at a time. `Send + Sync`; share it by reference.
 pub struct Wal {
     inner: Arc<Inner>,
@@ -104,6 +107,8 @@ struct Inner {
     opts: WalOptions,
     clock: Arc<dyn Clock>,
     segment: RwLock<Arc<Segment>>,
+    /// The segment before `segment` until it is synced and cut to its last record.
+    retired: Mutex<Option<Arc<Segment>>>,
     queue: Mutex<Queue>,
     /// A group finished or the leader role was released.
     turn_over: Condvar,
@@ -167,6 +172,7 @@ impl Wal {
             opts,
             clock,
             segment: RwLock::new(Arc::new(segment)),
+            retired: Mutex::new(None),
             queue: Mutex::new(Queue {
                 queued: Vec::new(),
                 spare: Vec::new(),
@@ -213,10 +219,40 @@ impl Wal {
 
     /// Syncs and closes the current segment and starts `new_segment_id`. The old segment is cut
     /// to its last record, dropping the unused preallocation. If the new segment cannot be
-    /// created, the old one stays current.
+    /// created, the old one stays current. [`Wal::prepare`], [`Wal::switch_to`] and
+    /// [`Wal::seal_retired`] are the same in steps, for a caller that holds its writers off only
+    /// for the switch.
     pub fn rotate(&self, new_segment_id: u64) -> Result<()> {
+        let next = self.prepare(new_segment_id)?;
+        self.switch_to(next)?;
+        self.seal_retired()
+    }
+
+    /// Creates segment `new_segment_id`, preallocated, its header and the directory synced:
+    /// the slow part of a rotation, done while appends go on.
+    pub fn prepare(&self, new_segment_id: u64) -> Result<NextSegment> {
+        let inner = &self.inner;
+        fail::fail_point!("wal-prepare", |_| Err(Error::Injected("wal-prepare")));
+        let segment = Segment::create(&inner.dir, new_segment_id, inner.opts.preallocate_bytes)?;
+        Ok(NextSegment(segment))
+    }
+
+    /// Makes `next` the segment appends go to. It waits only for the group being written: the
+    /// old segment is retired unsynced, and synced and cut to its last record by
+    /// [`Wal::seal_retired`] or before any later sync, so a synced record of a newer segment
+    /// always has every record before it durable too. Until then a crash can leave the old
+    /// segment with a torn tail as well as the new one: replay allows it in the two newest.
+    pub fn switch_to(&self, next: NextSegment) -> Result<()> {
         let _leadership = self.inner.take_leader_role();
-        self.inner.rotate(new_segment_id)
+        self.inner.seal_retired()?;
+        let old = std::mem::replace(&mut *self.inner.segment.write(), Arc::new(next.0));
+        *self.inner.retired.lock() = Some(old);
+        Ok(())
+    }
+
+    /// Syncs the segment the last switch retired and cuts it to its last record.
+    pub fn seal_retired(&self) -> Result<()> {
+        self.inner.seal_retired()
     }
 
     /// True once the current segment holds records and reached `segment_bytes_max` bytes, or
@@ -402,8 +438,25 @@ impl Inner {
             .saturating_sub(c.records_synced.load(Ordering::Acquire))
     }
 
-    /// fdatasyncs `seg` up to what is written now; a no-op if that is already synced.
+    /// fdatasyncs `seg` up to what is written now, after the retired segment if there is one.
     fn sync_segment(&self, seg: &Segment) -> Result<()> {
+        self.seal_retired()?;
+        self.sync_data(seg)
+    }
+
+    /// Syncs and cuts the segment the last switch retired, if it is not sealed yet.
+    fn seal_retired(&self) -> Result<()> {
+        let mut retired = self.retired.lock();
+        if let Some(old) = retired.as_ref() {
+            self.sync_data(old)?;
+            self.cut(old)?;
+        }
+        *retired = None;
+        Ok(())
+    }
+
+    /// fdatasyncs `seg` up to what is written now; a no-op if that is already synced.
+    fn sync_data(&self, seg: &Segment) -> Result<()> {
         if let Some(failure) = &self.queue.lock().failure {
             return Err(failed_earlier(failure));
         }
@@ -435,19 +488,17 @@ impl Inner {
     /// Syncs `seg` and cuts it to its last record.
     fn seal(&self, seg: &Segment) -> Result<()> {
         self.sync_segment(seg)?;
+        self.cut(seg)
+    }
+
+    /// Drops the unused preallocation past `seg`'s last record; `seg` is synced already.
+    fn cut(&self, seg: &Segment) -> Result<()> {
         let end = seg.written.load(Ordering::Acquire);
         if seg.allocated.load(Ordering::Acquire) > end {
             seg.file.set_len(end).at(&seg.path)?;
             seg.file.sync_all().at(&seg.path)?;
             seg.allocated.store(end, Ordering::Release);
         }
-        Ok(())
-    }
-
-    fn rotate(&self, new_segment_id: u64) -> Result<()> {
-        self.seal(&self.current())?;
-        let next = Segment::create(&self.dir, new_segment_id, self.opts.preallocate_bytes)?;
-        *self.segment.write() = Arc::new(next);
         Ok(())
     }
 
