@@ -38,16 +38,23 @@ field() { # json-file python-expression-on-d
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
+settle() { # store: ours waits for the compactions earlier phases left, so no point pays for them
+    if [ "$1" = ours ]; then wait_for_compactions "$cluster"; fi
+}
+
 curve() { # store, bench args...
     local s=$1; shift
     local common=(--workload a --records "$records" --threads 2 -o json "$@")
     "$kvctl" bench "${common[@]}" --phase load --inflight 128 >"$out/$s-load.json"
-    "$kvctl" bench "${common[@]}" --phase run --inflight 128 --ops $((records)) >"$out/$s-peak.json"
+    settle "$s"
+    # Long enough (3x the records) that the peak includes the compaction it causes.
+    "$kvctl" bench "${common[@]}" --phase run --inflight 128 --ops $((records * 3)) >"$out/$s-peak.json"
     local peak
     peak=$(field "$out/$s-peak.json" 'int(d["phases"][-1]["ops_per_sec"])')
     echo "$s: closed-loop peak $peak ops/s"
     for pct in 25 50 75 90; do
         local rate=$((peak * pct / 100))
+        settle "$s"
         "$kvctl" bench "${common[@]}" --phase run --inflight 1024 --rate "$rate" \
             --ops $((rate * seconds)) >"$out/$s-rate$pct.json"
         echo "$s at $pct% ($rate ops/s): $(field "$out/$s-rate$pct.json" \
@@ -57,7 +64,8 @@ curve() { # store, bench args...
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 cluster=$out/cluster
-"$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$target/release/kv-node" >/dev/null
+"$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$target/release/kv-node" \
+    "${bench_node_settings[@]}" >/dev/null
 trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
 curve ours --target kv --dir "$cluster" --cl QUORUM 2>>"$out/progress.log"
 "$kvctl" --dir "$cluster" local down >/dev/null

@@ -8,6 +8,11 @@ build_release() {
     kvctl=$target/release/kvctl
 }
 
+# What the bench scripts give `kvctl local up`: the node's own 64 MiB memtables (the design
+# document's default), not the 8 MiB that local clusters use to keep many nodes small, which
+# makes every node switch, flush and compact eight times as often as a deployed one.
+bench_node_settings=(--set 'engine.memtable_bytes="64MiB"')
+
 # User+system clock ticks of the processes whose command line matches the pgrep pattern $1.
 server_ticks() {
     local sum=0
@@ -15,4 +20,29 @@ server_ticks() {
         sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
     echo "$sum"
+}
+
+# Waits until every node of the local cluster in directory $1 reports no compaction pending or
+# running and no memtable waiting for flush (kv_engine_* on /metrics), at most $2 seconds
+# (default 300), so that a measurement does not pay for the debt an earlier phase left.
+wait_for_compactions() {
+    python3 - "$1" "${2:-300}" <<'PY'
+import json, sys, time, urllib.request
+cluster, limit = sys.argv[1], float(sys.argv[2])
+nodes = json.load(open(f"{cluster}/cluster.json"))["nodes"]
+busy = ("kv_engine_compactions_pending", "kv_engine_compactions_running",
+        "kv_engine_immutable_memtables")
+deadline = time.monotonic() + limit
+while True:
+    backlog = 0
+    for n in nodes:
+        text = urllib.request.urlopen(f"http://{n['http_address']}/metrics", timeout=5).read().decode()
+        backlog += sum(int(float(line.split()[-1])) for line in text.splitlines()
+                       if line.startswith(busy))
+    if backlog == 0:
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"compactions still pending after {limit:.0f} s")
+    time.sleep(0.5)
+PY
 }

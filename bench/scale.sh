@@ -27,7 +27,7 @@ build_release
 
 one() { # name, nodes, records
     local name=$1 nodes=$2 records=$3 dir=$out/$1
-    "$kvctl" local up --dir "$dir" --dcs 1 --nodes-per-dc "$nodes" \
+    "$kvctl" local up --dir "$dir" --dcs 1 --nodes-per-dc "$nodes" "${bench_node_settings[@]}" \
         --kv-node "$target/release/kv-node" >/dev/null
     trap '"$kvctl" --dir "'"$dir"'" local down >/dev/null 2>&1 || true' EXIT
     local common=(--dir "$dir" --workload a --records "$records" --value-size "$value_size"

@@ -67,7 +67,7 @@ run_all() { # target, servers pattern, extra bench args...
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 cluster=$out/cluster
-"$kvctl" local up --dir "$cluster" --dcs "$dcs" --nodes-per-dc 3 \
+"$kvctl" local up --dir "$cluster" --dcs "$dcs" --nodes-per-dc 3 "${bench_node_settings[@]}" \
     --kv-node "$target/release/kv-node" >/dev/null
 trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
 level=QUORUM

@@ -294,6 +294,9 @@ struct PhaseState {
     claimed: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
+    /// Slowest operation since the last progress line, in µs: a stall shows the second it
+    /// happens, not only in the final percentiles.
+    slowest_us: AtomicU64,
 }
 
 /// One operation, decided before it is sent.
@@ -336,6 +339,7 @@ async fn phase(args: &BenchArgs, shared: &Arc<Shared>, mode: Mode, total: u64) -
         claimed: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        slowest_us: AtomicU64::new(0),
     });
     let progress = tokio::spawn(progress(state.clone(), name));
     let tasks: Vec<_> = (0..args.threads)
@@ -359,10 +363,11 @@ async fn progress(state: Arc<PhaseState>, name: &'static str) {
         tick.tick().await;
         let done = state.done.load(Ordering::Relaxed);
         eprintln!(
-            "[{name}] {:>4.0}s {done:>10} ops {:>8} ops/s, {} errors",
+            "[{name}] {:>4.0}s {done:>10} ops {:>8} ops/s, {} errors, slowest {:.1} ms",
             state.start.elapsed().as_secs_f64(),
             done - last,
             state.failed.load(Ordering::Relaxed),
+            state.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
         );
         last = done;
     }
@@ -403,6 +408,8 @@ async fn task(state: Arc<PhaseState>) -> Recorder {
             else => return recorder,
         };
         let (kind, latency, outcome) = finished;
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        state.slowest_us.fetch_max(latency_us, Ordering::Relaxed);
         match outcome {
             Ok(found) => {
                 recorder.record(kind, latency);

@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub replace: Option<String>,
     /// Streaming bandwidth of topology changes, per stream; 0 leaves it unthrottled.
     pub stream_throughput_mib_per_sec: u64,
+    /// Threads serving requests; 0 is one per core. Nodes sharing a machine each want their
+    /// share of its cores, not all of them.
+    pub worker_threads: usize,
     pub listen: Listen,
     pub engine: Engine,
     pub coordinator: Coordinator,
@@ -78,6 +81,7 @@ impl Default for NodeConfig {
             join: false,
             replace: None,
             stream_throughput_mib_per_sec: 64,
+            worker_threads: 0,
             listen: Listen::default(),
             engine: Engine::default(),
             coordinator: Coordinator::default(),

@@ -327,6 +327,11 @@ fn every_validation_error_names_its_field() {
             "below 64 KiB",
         ),
         (
+            |c| c.worker_threads = 5000,
+            "worker_threads",
+            "5000 is outside 0..=1024",
+        ),
+        (
             |c| c.engine.background_nice = -5,
             "engine.background_nice",
             "-5 is outside 0..=19",

@@ -13,6 +13,7 @@ use crate::lsm;
 const NAME_BYTES_MAX: usize = 64;
 /// Tokens travel in gossip and the ring holds nodes x vnodes entries; 4x the default is plenty.
 const VNODES_MAX: usize = 1024;
+const WORKER_THREADS_MAX: usize = 1024;
 const TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
 const HLC_MAX_DRIFT_MS_MAX: u64 = 60 * 1000;
 /// Below the engine's 10-day gc grace: a hint replayed after the tombstones it should lose to
@@ -97,6 +98,11 @@ impl NodeConfig {
 
     fn validate_tokens(&self) -> Checked {
         check_range("vnodes", self.vnodes, 1..=VNODES_MAX)?;
+        check_range(
+            "worker_threads",
+            self.worker_threads,
+            0..=WORKER_THREADS_MAX,
+        )?;
         if let Some(dead) = &self.replace {
             check_name("replace", dead)?;
             if *dead == self.node_id {

@@ -8,6 +8,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::metrics::Metrics;
 use super::Node;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -42,7 +43,7 @@ impl Node {
             .filter_map(|t| self.hints.pending(t).ok())
             .map(|s| s.count)
             .sum();
-        self.metrics.render(&[
+        let mut out = self.metrics.render(&[
             (
                 "kv_members",
                 "nodes known through gossip",
@@ -59,6 +60,8 @@ impl Node {
                 "version of this node's schema",
                 view.schema.version(),
             ),
-        ])
+        ]);
+        Metrics::render_engines(&mut out, &self.storage.engine_stats());
+        out
     }
 }

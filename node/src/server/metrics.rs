@@ -3,6 +3,84 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::lsm::DbStats;
+
+/// A storage-engine statistic exposed per keyspace: name, help, Prometheus type, value.
+type EngineSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&DbStats) -> u64,
+);
+
+/// What an operator watches to tell whether the engines keep up: compaction backlog, L0,
+/// memtables waiting for flush, and the writes that waited for any of them.
+const ENGINE_SERIES: [EngineSeries; 11] = [
+    (
+        "kv_engine_compactions_pending",
+        "compaction tasks the strategy would start now",
+        "gauge",
+        |s| s.compactions_pending as u64,
+    ),
+    (
+        "kv_engine_compactions_running",
+        "compactions in progress",
+        "gauge",
+        |s| s.compactions_running as u64,
+    ),
+    ("kv_engine_l0_tables", "tables in level 0", "gauge", |s| {
+        s.tables_per_level.first().copied().unwrap_or(0) as u64
+    }),
+    (
+        "kv_engine_immutable_memtables",
+        "sealed memtables waiting for flush",
+        "gauge",
+        |s| s.immutable_memtables as u64,
+    ),
+    (
+        "kv_engine_memtable_bytes",
+        "bytes in the active memtable",
+        "gauge",
+        |s| s.memtable_bytes,
+    ),
+    (
+        "kv_engine_table_bytes",
+        "bytes of tables on disk",
+        "gauge",
+        DbStats::table_bytes,
+    ),
+    (
+        "kv_engine_flushes_total",
+        "memtables flushed",
+        "counter",
+        |s| s.flushes,
+    ),
+    (
+        "kv_engine_compactions_total",
+        "compactions completed",
+        "counter",
+        |s| s.compactions,
+    ),
+    (
+        "kv_engine_compaction_bytes_written_total",
+        "bytes compactions wrote",
+        "counter",
+        |s| s.compaction_bytes_written,
+    ),
+    (
+        "kv_engine_write_stall_microseconds_total",
+        "time writes waited for a flush or for L0 to shrink",
+        "counter",
+        |s| s.write_stall_micros,
+    ),
+    (
+        "kv_engine_write_slowdowns_total",
+        "writes delayed because L0 passed its slowdown mark",
+        "counter",
+        |s| s.write_slowdowns,
+    ),
+];
+
 #[derive(Default)]
 pub struct Counter(AtomicU64);
 
@@ -101,6 +179,16 @@ impl Metrics {
         }
         out
     }
+
+    /// Appends the engine series of each `(keyspace, stats)`, labelled by keyspace.
+    pub fn render_engines(out: &mut String, engines: &[(String, DbStats)]) {
+        for (name, help, kind, value) in ENGINE_SERIES {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (keyspace, stats) in engines {
+                let _ = writeln!(out, "{name}{{keyspace=\"{keyspace}\"}} {}", value(stats));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +202,34 @@ mod tests {
         let text = m.render(&[("kv_up", "1 when serving", 1)]);
         assert!(text.contains("kv_hints_stored_total 3\n"), "{text}");
         assert!(text.contains("# TYPE kv_up gauge\nkv_up 1\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_engine_series_per_keyspace() {
+        let stats = DbStats {
+            compactions_pending: 2,
+            tables_per_level: vec![5, 1],
+            write_stall_micros: 1500,
+            ..DbStats::default()
+        };
+        let mut text = String::new();
+        Metrics::render_engines(
+            &mut text,
+            &[("ycsb".into(), stats.clone()), ("b".into(), stats)],
+        );
+        assert!(
+            text.contains("kv_engine_compactions_pending{keyspace=\"ycsb\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kv_engine_l0_tables{keyspace=\"b\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE kv_engine_write_stall_microseconds_total counter\nkv_engine_write_stall_microseconds_total{keyspace=\"ycsb\"} 1500\n"), "{text}");
+        assert_eq!(
+            text.matches("# TYPE kv_engine_l0_tables gauge").count(),
+            1,
+            "{text}"
+        );
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::cluster::Schema;
-use crate::lsm::{Cached, Cell, Db, Mutation, Options, TryWrite};
+use crate::lsm::{Cached, Cell, Db, DbStats, Mutation, Options, TryWrite};
 use crate::storage_key;
 
 #[derive(Debug, thiserror::Error)]
@@ -396,6 +396,18 @@ impl Storage {
     ) -> Result<(), StorageError> {
         self.db(keyspace)?.set_gc_horizon_ms(horizon_ms);
         Ok(())
+    }
+
+    /// Each keyspace's engine statistics, by keyspace name.
+    pub fn engine_stats(&self) -> Vec<(String, DbStats)> {
+        let dbs: Vec<(String, Arc<Db>)> = (self.keyspaces.read().iter())
+            .map(|(name, o)| (name.clone(), o.db.clone()))
+            .collect();
+        let mut stats: Vec<_> = (dbs.into_iter())
+            .map(|(name, db)| (name, db.stats()))
+            .collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
     }
 
     /// Bytes on disk under the keyspaces' directories, for the gossiped load.

@@ -550,6 +550,7 @@ impl Inner {
             .counters
             .snapshot(&v, &self.block_cache, &self.row_cache, &self.wal);
         stats.compactions_pending = background::pending_tasks(self, &v);
+        stats.compactions_running = self.bg.lock().compactions_running;
         stats
     }
 }

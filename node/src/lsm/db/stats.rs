@@ -77,6 +77,7 @@ impl Counters {
             flush_bytes_written: get(&self.flush_bytes),
             compactions: get(&self.compactions),
             compactions_pending: 0,
+            compactions_running: 0,
             compaction_bytes_read: get(&self.compaction_read_bytes),
             compaction_bytes_written: get(&self.compaction_written_bytes),
             purged_cells: get(&self.purged_cells),
@@ -99,7 +100,7 @@ impl Counters {
 }
 
 /// What the engine has done and holds, for operators and benchmarks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DbStats {
     /// Key and value bytes accepted from callers.
     pub user_bytes_written: u64,
@@ -108,6 +109,7 @@ pub struct DbStats {
     pub compactions: u64,
     /// Compaction tasks the strategy would start now, if it could run them all at once.
     pub compactions_pending: usize,
+    pub compactions_running: usize,
     pub compaction_bytes_read: u64,
     pub compaction_bytes_written: u64,
     /// Tombstones and expired cells dropped by compaction.
