@@ -25,7 +25,10 @@ done
 out=${out:-$(mktemp -d -t kv-curve.XXXXXX)}
 mkdir -p "$out"
 features=()
-$peers && features=(--features bench-peers)
+if $peers; then
+    features=(--features bench-peers)
+    bench/peers.sh install # protoc, which etcd-client's build needs, before the build
+fi
 build_release "${features[@]}"
 
 venv=$target/bench-venv

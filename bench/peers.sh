@@ -5,8 +5,9 @@
 # Installs redis-server, etcd-server and protobuf-compiler (etcd-client's build needs protoc)
 # with apt-get when missing.
 #
-#   bench/peers.sh up     # start both in $KV_PEERS_DIR (default: a new temp dir, remembered)
-#   bench/peers.sh down   # stop them and remove the directory
+#   bench/peers.sh install  # only install what is missing (before building with bench-peers)
+#   bench/peers.sh up       # start both in $KV_PEERS_DIR (default: a new temp dir, remembered)
+#   bench/peers.sh down     # stop them and remove the directory
 set -euo pipefail
 
 STATE=${TMPDIR:-/tmp}/kv-bench-peers.dir
@@ -104,6 +105,7 @@ down() {
 }
 
 case ${1:-} in
+    install) install_missing ;;
     up) up ;;
     down) down ;;
     -h | --help | help) usage ;;

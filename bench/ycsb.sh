@@ -30,7 +30,10 @@ done
 out=${out:-$(mktemp -d -t kv-ycsb.XXXXXX)}
 mkdir -p "$out"
 features=()
-$peers && features=(--features bench-peers)
+if $peers; then
+    features=(--features bench-peers)
+    bench/peers.sh install # protoc, which etcd-client's build needs, before the build
+fi
 build_release "${features[@]}"
 
 summary() { # name json ticks-before ticks-after

@@ -59,8 +59,9 @@ fn try_put(db: &Db, i: u32) -> TryWrite {
     db.try_write(vec![Mutation { key, cell }]).unwrap()
 }
 
-/// A memtable switch creates and syncs its WAL segment before it holds writers off: while it
-/// does, writes go on inline into the full memtable, up to twice its size, then wait.
+/// The flush worker switches memtables, not the writer that fills one: while the switch
+/// creates its WAL segment, writes go on inline into the full memtable, up to twice its size,
+/// then wait for the switch.
 #[test]
 fn writers_go_on_while_a_switch_prepares_its_wal_segment_up_to_twice_the_memtable() {
     let scenario = fail::FailScenario::setup();
@@ -75,44 +76,27 @@ fn writers_go_on_while_a_switch_prepares_its_wal_segment_up_to_twice_the_memtabl
     .unwrap();
     fail::cfg("wal-prepare", "pause").unwrap();
     let memtable_bytes = opts().memtable_bytes as u64;
-    let mut next = 0;
-    while db.stats().memtable_bytes < memtable_bytes {
-        assert!(matches!(try_put(&db, next), TryWrite::Written));
-        next += 1;
-    }
     let deadline = Instant::now() + Duration::from_secs(10);
-    std::thread::scope(|s| {
-        let (db, first) = (&db, next);
-        let switcher = s.spawn(move || fill(db, first, first + 1));
-        let mut inline = next + 1;
-        // Until the switcher is under way, a write to the full memtable is handed back.
-        while matches!(try_put(&db, inline), TryWrite::WouldWait(_)) {
-            assert!(Instant::now() < deadline, "the switch never started");
-        }
-        while matches!(try_put(&db, inline), TryWrite::Written) {
-            inline += 1;
-            assert!(Instant::now() < deadline, "no bound on the memtable");
-        }
-        let stats = db.stats();
-        assert!(
-            inline > next + 100,
-            "writes waited for the switch: {stats:?}"
-        );
-        assert!(
-            stats.memtable_bytes <= 2 * memtable_bytes + 1024,
-            "{stats:?}"
-        );
-        assert_eq!(
-            stats.immutable_memtables + stats.flushes as usize,
-            0,
-            "{stats:?}"
-        );
-        fail::remove("wal-prepare");
-        switcher.join().unwrap();
-        fill(db, inline, inline + 1);
-        next = inline + 1;
-    });
-    assert!(db.stats().flushes + db.stats().immutable_memtables as u64 > 0);
+    let mut next = 0;
+    while matches!(try_put(&db, next), TryWrite::Written) {
+        next += 1;
+        assert!(Instant::now() < deadline, "no bound on the memtable");
+    }
+    let stats = db.stats();
+    assert!(stats.memtable_bytes >= 2 * memtable_bytes, "{stats:?}");
+    assert!(
+        stats.memtable_bytes <= 2 * memtable_bytes + 1024,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.immutable_memtables + stats.flushes as usize,
+        0,
+        "{stats:?}"
+    );
+    fail::remove("wal-prepare");
+    // A blocking write waits until the switch makes room.
+    fill(&db, next, next + 1);
+    next += 1;
     assert_all_present(&db, next);
     db.close().unwrap();
     assert_all_present(&Db::open(dir.path(), opts()).unwrap(), next);
@@ -153,6 +137,9 @@ fn a_failed_sstable_rename_fails_the_flush_and_loses_nothing() {
     }
     let db = Db::open(dir.path(), opts()).unwrap();
     assert_all_present(&db, 300);
+    // The reopened engine may be flushing what it replayed: a table it is writing is no
+    // leftover.
+    db.wait_for_compactions().unwrap();
     let leftovers = std::fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| {

@@ -76,25 +76,40 @@ fn record_failure(inner: &Inner, what: &str, e: &Error) {
     inner.bg_cond.notify_all();
 }
 
+/// What the flush worker does next.
+enum FlushWork {
+    /// Switch memtables, as a writer asked.
+    Switch,
+    Flush(Arc<Memtable>),
+}
+
 fn flush_loop(inner: &Inner) {
-    while let Some(mem) = next_sealed(inner) {
-        if let Err(e) = flush_one(inner, &mem) {
-            record_failure(inner, "flush", &e);
+    while let Some(work) = next_flush_work(inner) {
+        let (what, result) = match work {
+            FlushWork::Switch => ("memtable switch", inner.switch_memtable(false)),
+            FlushWork::Flush(mem) => ("flush", flush_one(inner, &mem)),
+        };
+        if let Err(e) = result {
+            record_failure(inner, what, &e);
             return;
         }
         inner.wake_background();
     }
 }
 
-/// The oldest sealed memtable, waiting for one; `None` at shutdown.
-fn next_sealed(inner: &Inner) -> Option<Arc<Memtable>> {
+/// A requested switch first, so writers stop filling the old memtable; then the oldest
+/// sealed memtable. Waits for either; `None` at shutdown.
+fn next_flush_work(inner: &Inner) -> Option<FlushWork> {
     let mut bg = inner.bg.lock();
     loop {
         if bg.shutdown {
             return None;
         }
+        if inner.switch_requested() {
+            return Some(FlushWork::Switch);
+        }
         if let Some(mem) = inner.current().imm.last() {
-            return Some(mem.clone());
+            return Some(FlushWork::Flush(mem.clone()));
         }
         inner
             .bg_cond

@@ -59,11 +59,12 @@ struct Inner {
     version: RwLock<Arc<Version>>,
     /// Serialises manifest edits with the version installs they describe.
     edit_lock: Mutex<()>,
-    /// Held by the one writer switching memtables.
+    /// Held by the one thread switching memtables.
     switch_lock: Mutex<()>,
-    /// Set while a switch prepares its WAL segment: writers meanwhile go on into the full
-    /// memtable instead of waiting for it (a memtable's size is a target, not a bound).
-    switching: AtomicBool,
+    /// Set once a switch is due and the flush worker has been asked for it, until that
+    /// switch is done: writers meanwhile go on into the full memtable (its size is a target,
+    /// not a bound) instead of one of them doing the switch and waiting for its fsyncs.
+    switch_requested: AtomicBool,
     manifest: Manifest,
     wal: Wal,
     next_seq: AtomicU64,
@@ -96,7 +97,7 @@ impl Db {
         opts.validate()?;
         let inner = Arc::new(recovery::open(dir.as_ref(), opts)?);
         let workers = background::start(&inner)?;
-        inner.maybe_switch()?;
+        inner.switch_memtable(false)?;
         inner.wake_background();
         Ok(Db { inner, workers })
     }
@@ -117,12 +118,13 @@ impl Db {
     /// As [`Db::write`] when that would not wait for anything but other writers of its WAL
     /// group (which take microseconds); otherwise hands the batch back untouched, so an async
     /// caller writes inline in the common case and moves to a blocking thread only when the
-    /// engine is stalling, slowing writes, due to switch memtables, or syncing every write.
+    /// engine is stalling, slowing writes, or syncing every write.
     pub fn try_write(&self, batch: Vec<Mutation>) -> Result<TryWrite> {
         if self.inner.write_would_wait() {
             return Ok(TryWrite::WouldWait(batch));
         }
         self.inner.write_now(batch)?;
+        self.inner.request_switch();
         Ok(TryWrite::Written)
     }
 
@@ -235,17 +237,10 @@ impl Iterator for Scan {
     }
 }
 
-/// Marks a memtable switch in progress until dropped, errors included.
-struct Switching<'a>(&'a AtomicBool);
+/// Clears a switch request when the switch that answers it ends, errors included.
+struct SwitchRequest<'a>(&'a AtomicBool);
 
-impl<'a> Switching<'a> {
-    fn start(flag: &'a AtomicBool) -> Self {
-        flag.store(true, Ordering::Release);
-        Switching(flag)
-    }
-}
-
-impl Drop for Switching<'_> {
+impl Drop for SwitchRequest<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
@@ -258,7 +253,8 @@ impl Inner {
         }
         self.throttle_writes()?;
         self.write_now(batch)?;
-        self.maybe_switch()
+        self.request_switch();
+        Ok(())
     }
 
     /// L0 files as back-pressure counts them: only leveled compaction bounds L0.
@@ -278,12 +274,12 @@ impl Inner {
         self.opts.sync == SyncPolicy::Always
             || v.imm.len() >= self.opts.immutable_memtables_max
             || l0 >= self.opts.l0_slowdown_files
-            || (!self.switching.load(Ordering::Acquire) && self.switch_due(false))
             || self.memtable_overfull()
     }
 
-    /// Writers go on into a full memtable while it is being switched, but not past twice its
-    /// size: a switch held up by a slow disk must not let memory grow without bound.
+    /// Writers go on into a full memtable until the flush worker has switched it, but not
+    /// past twice its size: a switch held up by a slow disk or a busy CPU must not let memory
+    /// grow without bound.
     fn memtable_overfull(&self) -> bool {
         self.write_gate.read().approx_bytes() >= self.opts.memtable_bytes.saturating_mul(2)
     }
@@ -365,13 +361,6 @@ impl Inner {
             let stop = v.imm.len() >= self.opts.immutable_memtables_max
                 || l0 >= self.opts.l0_stop_files
                 || self.memtable_overfull();
-            if stop && self.memtable_overfull() && !self.switching.load(Ordering::Acquire) {
-                // The switch that should have run failed or is not under way: run it here.
-                self.maybe_switch()?;
-                if !self.memtable_overfull() {
-                    continue;
-                }
-            }
             if stop {
                 let started = std::time::Instant::now();
                 {
@@ -393,16 +382,23 @@ impl Inner {
         }
     }
 
-    /// Switches memtables when the current one is full or its WAL segment due to rotate,
-    /// unless another writer is switching already.
-    fn maybe_switch(&self) -> Result<()> {
-        if !self.switch_due(false) {
-            return Ok(());
+    /// Asks the flush worker for a switch once the memtable is full or its WAL segment due to
+    /// rotate. The writer that fills it does not switch itself: it, and every operation of
+    /// its batch (a whole pipe message on a replica), would wait for the switch's file
+    /// creation and syncs, hundreds of milliseconds while a flush is writing.
+    fn request_switch(&self) {
+        if self.switch_requested.load(Ordering::Acquire) || !self.switch_due(false) {
+            return;
         }
-        match self.switch_lock.try_lock() {
-            Some(_switch) => self.switch_locked(false),
-            None => Ok(()),
+        if !self.switch_requested.swap(true, Ordering::AcqRel) {
+            let _bg = self.bg.lock();
+            self.bg_cond.notify_all();
         }
+    }
+
+    /// Whether a writer asked for a switch that has not been done yet.
+    fn switch_requested(&self) -> bool {
+        self.switch_requested.load(Ordering::Acquire)
     }
 
     fn switch_memtable(&self, force: bool) -> Result<()> {
@@ -421,10 +417,10 @@ impl Inner {
     /// synced after, so they wait only for a pointer swap: holding them across the five
     /// fsyncs of a switch was the largest source of tail latency under a steady write load.
     fn switch_locked(&self, force: bool) -> Result<()> {
+        let _request = SwitchRequest(&self.switch_requested);
         if !self.switch_due(force) {
             return Ok(());
         }
-        let _switching = Switching::start(&self.switching);
         let segment = self.next_file.fetch_add(1, Ordering::SeqCst);
         {
             let _edit = self.edit_lock.lock();

@@ -73,7 +73,7 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         version: RwLock::new(Arc::new(version)),
         edit_lock: Mutex::new(()),
         switch_lock: Mutex::new(()),
-        switching: AtomicBool::new(false),
+        switch_requested: AtomicBool::new(false),
         manifest,
         wal,
         next_seq: AtomicU64::new(last_seq.max(state.flushed_seq) + 1),
