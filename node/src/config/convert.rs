@@ -20,6 +20,7 @@ impl NodeConfig {
             compaction: e.compaction.strategy(),
             compaction_bytes_per_sec: e.compaction_throughput_mib_per_sec.saturating_mul(MIB),
             background_nice: e.background_nice,
+            background_sched_idle: e.background_sched_idle,
             gc_grace_ms: self.engine_gc_grace_ms(),
             ..Options::default()
         }

@@ -128,6 +128,8 @@ pub struct Engine {
     pub compaction_throughput_mib_per_sec: u64,
     /// Nice value of flush and compaction threads, 0..=19.
     pub background_nice: i32,
+    /// Flush and compaction threads under SCHED_IDLE (Linux): they run only on idle cores.
+    pub background_sched_idle: bool,
     pub sync: SyncConfig,
     pub compression: CompressionConfig,
     pub compaction: CompactionConfig,
@@ -142,6 +144,7 @@ impl Default for Engine {
             row_cache_bytes: ByteSize::mib(8),
             compaction_throughput_mib_per_sec: 0,
             background_nice: 10,
+            background_sched_idle: true,
             sync: SyncConfig::default(),
             compression: CompressionConfig::default(),
             compaction: CompactionConfig::default(),

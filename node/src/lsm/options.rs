@@ -126,6 +126,11 @@ pub struct Options {
     /// process's): a burst of background work then takes the CPU the request threads leave
     /// idle instead of sharing it evenly with them.
     pub background_nice: i32,
+    /// Runs the flush and compaction threads under SCHED_IDLE, which Linux schedules only on
+    /// a core no other thread wants (the nice value then no longer matters). Nice alone does
+    /// not keep a burst of background work from delaying request threads that wake and sleep
+    /// in microseconds; the write stalls bound what the deferred work can grow to.
+    pub background_sched_idle: bool,
     /// Tombstones and expired cells older than now minus this may be purged, unless the caller
     /// supplies its own horizon (the node ties it to completed repairs).
     pub gc_grace_ms: u64,
@@ -155,6 +160,7 @@ impl Default for Options {
             l0_stop_files: 36,
             compaction_bytes_per_sec: 0,
             background_nice: 10,
+            background_sched_idle: true,
             gc_grace_ms: 10 * 24 * 3600 * 1000,
             merge_rule: Arc::new(LastWriteWins),
             clock: Arc::new(SystemClock),

@@ -15,7 +15,7 @@ type EngineSeries = (
 
 /// What an operator watches to tell whether the engines keep up: compaction backlog, L0,
 /// memtables waiting for flush, and the writes that waited for any of them.
-const ENGINE_SERIES: [EngineSeries; 11] = [
+const ENGINE_SERIES: [EngineSeries; 15] = [
     (
         "kv_engine_compactions_pending",
         "compaction tasks the strategy would start now",
@@ -54,6 +54,30 @@ const ENGINE_SERIES: [EngineSeries; 11] = [
         "memtables flushed",
         "counter",
         |s| s.flushes,
+    ),
+    (
+        "kv_engine_block_cache_hits_total",
+        "table blocks found in the block cache",
+        "counter",
+        |s| s.block_cache.hits,
+    ),
+    (
+        "kv_engine_block_cache_misses_total",
+        "table blocks read from disk (or the page cache)",
+        "counter",
+        |s| s.block_cache.misses,
+    ),
+    (
+        "kv_engine_row_cache_hits_total",
+        "reads answered by the row cache",
+        "counter",
+        |s| s.row_cache.hits,
+    ),
+    (
+        "kv_engine_row_cache_misses_total",
+        "reads the row cache could not answer",
+        "counter",
+        |s| s.row_cache.misses,
     ),
     (
         "kv_engine_compactions_total",
@@ -194,6 +218,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lsm::cache::CacheStats;
 
     #[test]
     fn renders_counters_and_gauges() {
@@ -210,6 +235,15 @@ mod tests {
             compactions_pending: 2,
             tables_per_level: vec![5, 1],
             write_stall_micros: 1500,
+            block_cache: CacheStats {
+                hits: 7,
+                misses: 3,
+                ..CacheStats::default()
+            },
+            row_cache: CacheStats {
+                hits: 11,
+                ..CacheStats::default()
+            },
             ..DbStats::default()
         };
         let mut text = String::new();
@@ -226,6 +260,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE kv_engine_write_stall_microseconds_total counter\nkv_engine_write_stall_microseconds_total{keyspace=\"ycsb\"} 1500\n"), "{text}");
+        for series in [
+            "kv_engine_block_cache_hits_total{keyspace=\"ycsb\"} 7\n",
+            "kv_engine_block_cache_misses_total{keyspace=\"ycsb\"} 3\n",
+            "kv_engine_row_cache_hits_total{keyspace=\"b\"} 11\n",
+            "kv_engine_row_cache_misses_total{keyspace=\"b\"} 0\n",
+        ] {
+            assert!(text.contains(series), "{series} missing from {text}");
+        }
         assert_eq!(
             text.matches("# TYPE kv_engine_l0_tables gauge").count(),
             1,

@@ -32,7 +32,10 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                lower_priority(worker.opts.background_nice);
+                lower_priority(
+                    worker.opts.background_nice,
+                    worker.opts.background_sched_idle,
+                );
                 work(&worker)
             })
             .map_err(|e| Error::io(&inner.dir, e))
@@ -54,17 +57,26 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
     Ok(workers)
 }
 
-/// Gives the calling thread the nice value `nice`. Linux keeps nice per thread, so this leaves
-/// the request threads as they are. Best effort: a refusal costs latency, never correctness.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
+/// Gives the calling thread the nice value `nice` and, if `sched_idle`, the SCHED_IDLE policy.
+/// Linux keeps both per thread, so this leaves the request threads as they are. Best effort: a
+/// refusal costs latency, never correctness.
+fn lower_priority(nice: i32, sched_idle: bool) {
     // SAFETY: gettid and setpriority take and return plain integers; no memory is passed.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-    if rc != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(nice, %error, "cannot lower the priority of a background thread");
+    let tid = unsafe { libc::gettid() };
+    if nice != 0 {
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(nice, %error, "cannot lower the priority of a background thread");
+        }
+    }
+    if sched_idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` outlives the call, which only reads it.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, "cannot run a background thread under SCHED_IDLE");
+        }
     }
 }
 

@@ -648,8 +648,9 @@ fn try_write_hands_back_a_batch_that_would_wait_and_writes_nothing_of_it() {
     assert_eq!(db.get(b"big").unwrap(), Some(big));
 }
 
-/// Nice values of this process's threads named `name`.
-fn thread_nice_values(name: &str) -> Vec<i64> {
+/// The nice value and scheduling policy (fields 19 and 41 of proc(5)'s stat) of each of this
+/// process's threads named `name`.
+fn thread_priorities(name: &str) -> Vec<(i64, i64)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
         let task = task.unwrap().path();
@@ -659,17 +660,31 @@ fn thread_nice_values(name: &str) -> Vec<i64> {
         }
         let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
         let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
-        // Field 19 of stat; the first after the name is field 3.
-        found.push(
-            after_comm
-                .split_whitespace()
-                .nth(16)
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
+        // The first field after the name is field 3.
+        let fields: Vec<i64> = after_comm
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(-1))
+            .collect();
+        found.push((fields[19 - 3], fields[41 - 3]));
     }
     found
+}
+
+/// Waits until both background threads of some engine in this process (tests run in
+/// parallel, each with its own) have nice value `nice` under `policy`.
+fn wait_for_background_threads(nice: i64, policy: libc::c_int) {
+    let want = (nice, i64::from(policy));
+    for name in ["lsm-flush", "lsm-compact"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !thread_priorities(name).contains(&want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: (nice, policy) of each is {:?}, none {want:?}",
+                thread_priorities(name)
+            );
+            std::thread::yield_now();
+        }
+    }
 }
 
 #[test]
@@ -678,19 +693,31 @@ fn flush_and_compaction_threads_run_at_the_background_nice_value() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let opts = Options {
         background_nice: 13,
+        background_sched_idle: false,
         ..small_opts(clock)
     };
     let db = Db::open(dir.path(), opts).unwrap();
-    for name in ["lsm-flush", "lsm-compact"] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !thread_nice_values(name).contains(&13) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}: {:?}",
-                thread_nice_values(name)
-            );
-            std::thread::yield_now();
-        }
-    }
+    wait_for_background_threads(13, libc::SCHED_OTHER);
+    db.close().unwrap();
+}
+
+#[test]
+fn flush_and_compaction_threads_run_under_sched_idle_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let opts = Options {
+        background_nice: 17,
+        ..small_opts(clock)
+    };
+    assert!(opts.background_sched_idle);
+    let db = Db::open(dir.path(), opts).unwrap();
+    wait_for_background_threads(17, libc::SCHED_IDLE);
+    // SAFETY: sched_getscheduler takes and returns plain integers; 0 is the calling thread.
+    let own_policy = unsafe { libc::sched_getscheduler(0) };
+    assert_eq!(
+        own_policy,
+        libc::SCHED_OTHER,
+        "the caller's own thread keeps its policy"
+    );
     db.close().unwrap();
 }
