@@ -23,6 +23,9 @@ fn small_opts(clock: Arc<ManualClock>) -> Options {
             level_multiplier: 4,
             table_bytes_target: 64 * 1024,
         },
+        // Tests run in parallel on few cores: idle-only background threads would starve
+        // behind them, and the tests that wait for flushes and compactions would time out.
+        background_sched_idle: false,
         clock,
         ..Options::default()
     }
@@ -705,11 +708,12 @@ fn flush_and_compaction_threads_run_at_the_background_nice_value() {
 fn flush_and_compaction_threads_run_under_sched_idle_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
+    assert!(Options::default().background_sched_idle);
     let opts = Options {
         background_nice: 17,
+        background_sched_idle: true,
         ..small_opts(clock)
     };
-    assert!(opts.background_sched_idle);
     let db = Db::open(dir.path(), opts).unwrap();
     wait_for_background_threads(17, libc::SCHED_IDLE);
     // SAFETY: sched_getscheduler takes and returns plain integers; 0 is the calling thread.
