@@ -86,29 +86,42 @@ fn run_and_kill(dir: &Path, sync: &str, start: u64, kill_after: u64) -> Option<u
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Lines come through a thread so that a writer that hangs without closing its output
+    // still ends the round at the deadline.
+    let (tx, acks) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for ack in stdout
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| parse_ack(&l))
+        {
+            if tx.send(ack).is_err() {
+                return;
+            }
+        }
+    });
     let deadline = Instant::now() + ROUND_DEADLINE;
     let mut acked = None;
     let mut count = 0;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if let Some(i) = parse_ack(&line.unwrap()) {
-            acked = Some(i);
-            count += 1;
-        }
-        if count >= kill_after || Instant::now() > deadline {
-            break;
+    while count < kill_after {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match acks.recv_timeout(left) {
+            Ok(i) => {
+                acked = Some(i);
+                count += 1;
+            }
+            Err(_) => break,
         }
     }
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(
         count >= kill_after,
-        "writer stopped early ({status}) after {count} acks"
+        "writer stopped early or hung ({status}) after {count} acks in {ROUND_DEADLINE:?}"
     );
-    for line in lines {
-        acked = parse_ack(&line.unwrap()).or(acked);
-    }
-    acked
+    reader.join().unwrap();
+    acks.try_iter().last().or(acked)
 }
 
 fn parse_ack(line: &str) -> Option<u64> {

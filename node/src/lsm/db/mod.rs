@@ -362,6 +362,10 @@ impl Inner {
                 || l0 >= self.opts.l0_stop_files
                 || self.memtable_overfull();
             if stop {
+                // A writer's switch request is cleared when the switch in progress ends, so
+                // one made while it ran is lost; a writer held here writes nothing more and
+                // would never ask again.
+                self.request_switch();
                 let started = std::time::Instant::now();
                 {
                     let mut bg = self.bg.lock();

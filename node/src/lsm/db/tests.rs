@@ -603,6 +603,33 @@ fn try_get_answers_from_memory_or_declines_never_wrongly() {
 }
 
 #[test]
+fn a_writer_held_by_an_overfull_memtable_asks_for_the_switch_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_opts(Arc::new(ManualClock::new(T0_MS)))).unwrap();
+    // Past twice the memtable size with no switch asked for: what a writer finds when its
+    // request was cleared by the end of the switch that ran as it filled the new memtable.
+    let mut i = 0u32;
+    while !db.inner.memtable_overfull() {
+        let key = Bytes::from(format!("k{i:06}"));
+        let cell = Cell::value(ts(1), vec![b'v'; 512]);
+        db.inner.write_now(vec![Mutation { key, cell }]).unwrap();
+        i += 1;
+    }
+    assert!(!db.inner.switch_requested());
+    let (done, finished) = std::sync::mpsc::channel();
+    let db = Arc::new(db);
+    let writer = db.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(writer.put(b"after", Cell::value(ts(2), "late")));
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the held writer never got its switch")
+        .unwrap();
+    assert_eq!(live(&db, b"after").as_deref(), Some(&b"late"[..]));
+}
+
+#[test]
 fn try_write_hands_back_a_batch_that_would_wait_and_writes_nothing_of_it() {
     let batch = |k: &[u8], v: &'static str| {
         vec![Mutation {
