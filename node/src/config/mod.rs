@@ -144,7 +144,7 @@ impl Default for Engine {
             row_cache_bytes: ByteSize::mib(8),
             compaction_throughput_mib_per_sec: 0,
             background_nice: 10,
-            background_sched_idle: true,
+            background_sched_idle: false,
             sync: SyncConfig::default(),
             compression: CompressionConfig::default(),
             compaction: CompactionConfig::default(),

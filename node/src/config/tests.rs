@@ -627,7 +627,7 @@ fn engine_options_carry_every_setting() {
         row_cache_bytes: ByteSize(0),
         compaction_throughput_mib_per_sec: 16,
         background_nice: 19,
-        background_sched_idle: false,
+        background_sched_idle: true,
         sync: SyncConfig::Always {},
         compression: CompressionConfig::Zstd(ZstdCompression { level: 3 }),
         compaction: CompactionConfig::TimeWindow(TimeWindow {
@@ -647,7 +647,7 @@ fn engine_options_carry_every_setting() {
     assert_eq!(options.row_cache_bytes, 0);
     assert_eq!(options.compaction_bytes_per_sec, 16 << 20);
     assert_eq!(options.background_nice, 19);
-    assert!(!options.background_sched_idle);
+    assert!(options.background_sched_idle);
     assert_eq!(options.sync, SyncPolicy::Always);
     assert_eq!(options.compression, Compression::Zstd { level: 3 });
     let window = CompactionStrategy::TimeWindow {

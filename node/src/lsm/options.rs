@@ -129,7 +129,8 @@ pub struct Options {
     /// Runs the flush and compaction threads under SCHED_IDLE, which Linux schedules only on
     /// a core no other thread wants (the nice value then no longer matters). Nice alone does
     /// not keep a burst of background work from delaying request threads that wake and sleep
-    /// in microseconds; the write stalls bound what the deferred work can grow to.
+    /// in microseconds. Off by default: beside another busy process the threads would get
+    /// almost no CPU, and writes would stall behind their flushes.
     pub background_sched_idle: bool,
     /// Tombstones and expired cells older than now minus this may be purged, unless the caller
     /// supplies its own horizon (the node ties it to completed repairs).
@@ -160,7 +161,7 @@ impl Default for Options {
             l0_stop_files: 36,
             compaction_bytes_per_sec: 0,
             background_nice: 10,
-            background_sched_idle: true,
+            background_sched_idle: false,
             gc_grace_ms: 10 * 24 * 3600 * 1000,
             merge_rule: Arc::new(LastWriteWins),
             clock: Arc::new(SystemClock),

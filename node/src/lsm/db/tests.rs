@@ -23,9 +23,6 @@ fn small_opts(clock: Arc<ManualClock>) -> Options {
             level_multiplier: 4,
             table_bytes_target: 64 * 1024,
         },
-        // Tests run in parallel on few cores: idle-only background threads would starve
-        // behind them, and the tests that wait for flushes and compactions would time out.
-        background_sched_idle: false,
         clock,
         ..Options::default()
     }
@@ -723,7 +720,6 @@ fn flush_and_compaction_threads_run_at_the_background_nice_value() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let opts = Options {
         background_nice: 13,
-        background_sched_idle: false,
         ..small_opts(clock)
     };
     let db = Db::open(dir.path(), opts).unwrap();
@@ -732,10 +728,9 @@ fn flush_and_compaction_threads_run_at_the_background_nice_value() {
 }
 
 #[test]
-fn flush_and_compaction_threads_run_under_sched_idle_by_default() {
+fn flush_and_compaction_threads_run_under_sched_idle_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
-    assert!(Options::default().background_sched_idle);
     let opts = Options {
         background_nice: 17,
         background_sched_idle: true,
