@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# A/B of node settings by open-loop tail latency: for each configuration given (a `--set`
-# assignment for every node, or `default`), in the order given, a fresh 3-node cluster loads
-# RECORDS records, runs YCSB-A closed loop (its peak), then REPS open-loop runs at RATE ops/s
-# for SECONDS each, each after the compactions earlier runs left. Prints one line per run:
-# p50 / p99 / p99.9 / max per operation and the nodes' CPU per operation. Give each
-# configuration more than once, interleaved: single runs' p99 vary by 2x and more.
+# A/B of node settings or builds by open-loop tail latency. For each configuration given, in
+# the order given — a `--set` assignment for every node, `default`, or `kv-node=PATH` for
+# another build of the node with default settings (e.g. a copy of target/release/kv-node from
+# before a change) — a fresh 3-node cluster loads RECORDS records, runs YCSB-A closed loop
+# (its peak), then REPS open-loop runs at RATE ops/s for SECONDS each, each after the
+# compactions earlier runs left. Prints one line per run: p50 / p99 / p99.9 / max per
+# operation and the nodes' CPU per operation. Give each configuration more than once,
+# interleaved: single runs' p99 vary by 2x and more. With --syscalls, each open-loop run also
+# counts the nodes' network, WAL and wake-up system calls per operation (perf's syscall
+# tracepoints; needs perf and permission to trace).
 #
 #   bench/settings-ab.sh [--rate N] [--seconds S] [--reps N] [--records N] [--memtable SIZE]
-#                        [--out DIR] CONFIG...
+#                        [--syscalls] [--out DIR] CONFIG...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rate=22000 seconds=30 reps=2 records=100000 memtable="" out=""
+rate=22000 seconds=30 reps=2 records=100000 memtable="" out="" syscalls=""
 configs=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -22,7 +26,8 @@ while [ $# -gt 0 ]; do
         --records) records=$2; shift ;;
         --memtable) memtable=$2; shift ;;
         --out) out=$2; shift ;;
-        -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --syscalls) syscalls=1 ;;
+        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown flag $1" >&2; exit 2 ;;
         *) configs+=("$1") ;;
     esac
@@ -37,15 +42,36 @@ out=${out:-$(mktemp -d -t kv-ab.XXXXXX)}
 mkdir -p "$out"
 build_release
 
-summary() { # json report, label, nodes' clock ticks
+# The system calls --syscalls counts, by tracepoint name.
+traced=(writev sendto sendmsg recvfrom recvmsg read epoll_wait futex pwrite64 write fdatasync)
+
+# Counts the traced system calls of the processes matching pgrep pattern $1 into file $2
+# until stopped.
+count_syscalls() {
+    local pids events
+    pids=$(pgrep -d, -f "$1")
+    events=$(printf 'syscalls:sys_enter_%s,' "${traced[@]}")
+    exec perf stat -x, -e "${events%,}" -p "$pids" -o "$2"
+}
+
+summary() { # json report, label, nodes' clock ticks, perf stat output (or none)
     python3 - "$@" <<'PY'
 import json, sys
 report, label, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+perf = sys.argv[4] if len(sys.argv) > 4 else None
 phase = json.load(open(report))["phases"][-1]
 ops = sum(o["count"] for o in phase["operations"].values())
 lat = " ".join("%s %.2f / %.1f / %.1f / %.1f ms" % (k, o["p50_us"] / 1e3, o["p99_us"] / 1e3,
                o["p999_us"] / 1e3, o["max_us"] / 1e3) for k, o in phase["operations"].items())
 print(f"{label}: {phase['ops_per_sec']:.0f} ops/s, {lat}, nodes {ticks * 1e4 / max(ops, 1):.0f} µs/op")
+if perf:
+    counts = {}
+    for line in open(perf):
+        fields = line.strip().split(",")
+        if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
+            counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+    per_op = " ".join(f"{k} {v / max(ops, 1):.2f}" for k, v in counts.items() if v)
+    print(f"    syscalls per op (all nodes): {per_op}, total {sum(counts.values()) / max(ops, 1):.2f}")
 PY
 }
 
@@ -55,9 +81,13 @@ i=0
 for config in "${configs[@]}"; do
     i=$((i + 1))
     cluster=$out/c$i
-    settings=()
-    if [ "$config" != default ]; then settings=(--set "$config"); fi
-    "$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$target/release/kv-node" \
+    settings=() node_bin=$target/release/kv-node
+    case $config in
+        default) ;;
+        kv-node=*) node_bin=${config#kv-node=} ;;
+        *) settings=(--set "$config") ;;
+    esac
+    "$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$node_bin" \
         "${bench_node_settings[@]}" "${settings[@]}" >/dev/null
     trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
     common=(--workload a --records "$records" --threads 2 -o json --target kv --dir "$cluster" --cl QUORUM)
@@ -69,9 +99,17 @@ for config in "${configs[@]}"; do
     for r in $(seq "$reps"); do
         wait_for_compactions "$cluster"
         before=$(server_ticks "kv-node.*$cluster")
+        perf_out=()
+        if [ -n "$syscalls" ]; then
+            perf_out=("$out/c$i-r$r.syscalls")
+            count_syscalls "kv-node.*$cluster" "${perf_out[0]}" &
+            perf_pid=$!
+        fi
         "$kvctl" bench "${common[@]}" --phase run --inflight 1024 --rate "$rate" \
             --ops $((rate * seconds)) >"$out/c$i-r$r.json" 2>"$out/c$i-r$r.log"
-        summary "$out/c$i-r$r.json" "[$i] $config run $r" $(($(server_ticks "kv-node.*$cluster") - before))
+        if [ -n "$syscalls" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+        summary "$out/c$i-r$r.json" "[$i] $config run $r" \
+            $(($(server_ticks "kv-node.*$cluster") - before)) "${perf_out[@]}"
     done
     "$kvctl" --dir "$cluster" local down >/dev/null
     trap - EXIT

@@ -13,6 +13,7 @@ impl NodeConfig {
         Options {
             sync: e.sync.policy(),
             memtable_bytes: e.memtable_bytes.as_usize(),
+            memtable_jitter_percent: e.memtable_jitter_percent,
             block_bytes: e.block_bytes.as_usize(),
             compression: e.compression.compression(),
             block_cache_bytes: e.block_cache_bytes.as_usize(),

@@ -121,6 +121,9 @@ impl Default for Listen {
 #[serde(default, deny_unknown_fields)]
 pub struct Engine {
     pub memtable_bytes: ByteSize,
+    /// Each memtable flushes at `memtable_bytes` less up to this many percent, drawn per
+    /// memtable and node, so that replicas do not flush and compact in step.
+    pub memtable_jitter_percent: u32,
     pub block_bytes: ByteSize,
     pub block_cache_bytes: ByteSize,
     pub row_cache_bytes: ByteSize,
@@ -139,6 +142,7 @@ impl Default for Engine {
     fn default() -> Self {
         Engine {
             memtable_bytes: ByteSize::mib(64),
+            memtable_jitter_percent: 25,
             block_bytes: ByteSize::kib(16),
             block_cache_bytes: ByteSize::mib(64),
             row_cache_bytes: ByteSize::mib(8),

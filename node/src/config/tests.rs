@@ -71,6 +71,11 @@ fn defaults_are_the_engine_and_detector_defaults() {
         engine.compaction_bytes_per_sec
     );
     assert_eq!(ours.background_nice, engine.background_nice);
+    // A lone engine has no replicas to fall in step with; a node does.
+    assert_eq!(
+        (engine.memtable_jitter_percent, ours.memtable_jitter_percent),
+        (0, 25)
+    );
     assert_eq!(
         CompactionConfig::SizeTiered(SizeTiered::default()).strategy(),
         CompactionStrategy::size_tiered()
@@ -330,6 +335,11 @@ fn every_validation_error_names_its_field() {
             |c| c.worker_threads = 5000,
             "worker_threads",
             "5000 is outside 0..=1024",
+        ),
+        (
+            |c| c.engine.memtable_jitter_percent = 60,
+            "engine.memtable_jitter_percent",
+            "60 is above 50",
         ),
         (
             |c| c.engine.background_nice = -5,
@@ -622,6 +632,7 @@ fn bad_sizes_are_refused() {
 fn engine_options_carry_every_setting() {
     let engine = Engine {
         memtable_bytes: ByteSize::mib(32),
+        memtable_jitter_percent: 10,
         block_bytes: ByteSize::kib(4),
         block_cache_bytes: ByteSize::mib(128),
         row_cache_bytes: ByteSize(0),
@@ -642,6 +653,7 @@ fn engine_options_carry_every_setting() {
     let options = config.engine_options();
     options.validate().unwrap();
     assert_eq!(options.memtable_bytes, 32 << 20);
+    assert_eq!(options.memtable_jitter_percent, 10);
     assert_eq!(options.block_bytes, 4 << 10);
     assert_eq!(options.block_cache_bytes, 128 << 20);
     assert_eq!(options.row_cache_bytes, 0);

@@ -6,6 +6,9 @@ use super::error::{Error, Result};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
+/// Past half, memtables would flush at a fraction of their size for no further gain: a
+/// quarter already spreads the replicas' flushes apart within a few cycles.
+pub const MEMTABLE_JITTER_PERCENT_MAX: u32 = 50;
 
 /// When the WAL is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +111,12 @@ pub struct Options {
     /// reservation, counted as disk space, small.
     pub wal_preallocate_bytes: u64,
     pub memtable_bytes: usize,
+    /// Each memtable is switched at `memtable_bytes` less a share of up to this many percent,
+    /// drawn per memtable from `memtable_jitter_seed`. Replicas take the same writes, so
+    /// without it they fill, flush and compact in step, and a quorum then waits on two busy
+    /// replicas at once.
+    pub memtable_jitter_percent: u32,
+    pub memtable_jitter_seed: u64,
     /// Sealed memtables waiting for flush before writes stall.
     pub immutable_memtables_max: usize,
     pub block_bytes: usize,
@@ -150,6 +159,8 @@ impl Default for Options {
             wal_segment_age_ms_max: 10 * 60 * 1000,
             wal_preallocate_bytes: 8 * MIB as u64,
             memtable_bytes: 64 * MIB,
+            memtable_jitter_percent: 0,
+            memtable_jitter_seed: 0,
             immutable_memtables_max: 2,
             block_bytes: 16 * KIB,
             compression: Compression::Lz4,
@@ -174,6 +185,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("sync", &self.sync)
             .field("memtable_bytes", &self.memtable_bytes)
+            .field("memtable_jitter_percent", &self.memtable_jitter_percent)
             .field("block_bytes", &self.block_bytes)
             .field("compression", &self.compression)
             .field("compaction", &self.compaction)
@@ -195,6 +207,15 @@ impl Options {
             return bad(
                 "memtable_bytes",
                 format!("{} is below 64 KiB", self.memtable_bytes),
+            );
+        }
+        if self.memtable_jitter_percent > MEMTABLE_JITTER_PERCENT_MAX {
+            return bad(
+                "memtable_jitter_percent",
+                format!(
+                    "{} is above {MEMTABLE_JITTER_PERCENT_MAX}",
+                    self.memtable_jitter_percent
+                ),
             );
         }
         if self.key_bytes_max == 0 || self.key_bytes_max > u16::MAX as usize + 1 {
@@ -316,5 +337,15 @@ mod tests {
         };
         let err = opts.validate().unwrap_err().to_string();
         assert!(err.contains("block_bytes"), "{err}");
+    }
+
+    #[test]
+    fn memtable_jitter_past_half_is_refused() {
+        let opts = Options {
+            memtable_jitter_percent: MEMTABLE_JITTER_PERCENT_MAX + 1,
+            ..Options::default()
+        };
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(err.contains("memtable_jitter_percent"), "{err}");
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -195,7 +195,11 @@ impl Node {
         let mut rng = StdRng::from_entropy();
         let identity = identity::load_or_create(&config, clock.now_ms(), &mut rng)?;
         let schema = schema_ops::load(data)?.unwrap_or_default();
-        let storage = storage::Storage::new(&data.join("keyspaces"), config.engine_options());
+        let engine_options = crate::lsm::Options {
+            memtable_jitter_seed: rng.gen(),
+            ..config.engine_options()
+        };
+        let storage = storage::Storage::new(&data.join("keyspaces"), engine_options);
         storage.sync_schema(&schema)?;
         let hints = HintStore::open(
             data.join("hints"),

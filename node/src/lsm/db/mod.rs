@@ -410,9 +410,23 @@ impl Inner {
         self.switch_locked(force)
     }
 
+    /// The size at which `mem` is switched: `memtable_bytes` less its jitter, a share drawn
+    /// by hashing its first WAL segment number with the seed (deterministic, so a simulation
+    /// replays it, and different per node once seeds differ).
+    fn switch_bytes(&self, mem: &Memtable) -> usize {
+        let percent = u64::from(self.opts.memtable_jitter_percent);
+        let segment = mem.wal_segments().first().copied().unwrap_or(0);
+        let draw = xxhash_rust::xxh3::xxh3_64_with_seed(
+            &segment.to_le_bytes(),
+            self.opts.memtable_jitter_seed,
+        ) % 10_000;
+        let bytes = self.opts.memtable_bytes as u128;
+        (bytes - bytes * u128::from(percent * draw) / 1_000_000) as usize
+    }
+
     fn switch_due(&self, force: bool) -> bool {
         let mem = self.write_gate.read();
-        let full = mem.approx_bytes() >= self.opts.memtable_bytes;
+        let full = mem.approx_bytes() >= self.switch_bytes(&mem);
         !mem.is_empty() && (force || full || self.wal.needs_rotation())
     }
 

@@ -747,3 +747,41 @@ fn flush_and_compaction_threads_run_under_sched_idle_when_asked() {
     );
     db.close().unwrap();
 }
+
+#[test]
+fn memtables_switch_at_a_jittered_size_that_differs_by_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |seed| Options {
+        memtable_jitter_percent: 25,
+        memtable_jitter_seed: seed,
+        ..small_opts(Arc::new(ManualClock::new(T0_MS)))
+    };
+    let full = 64 * 1024;
+    let sizes = |db: &Db| -> Vec<usize> {
+        (1..=64)
+            .map(|segment| db.inner.switch_bytes(&Memtable::new(vec![segment])))
+            .collect()
+    };
+    let a = Db::open(dir.path().join("a"), opts(1)).unwrap();
+    let b = Db::open(dir.path().join("b"), opts(2)).unwrap();
+    let (sizes_a, sizes_b) = (sizes(&a), sizes(&b));
+    assert!(sizes_a.iter().all(|s| (full * 3 / 4..=full).contains(s)));
+    assert!(sizes_a.iter().min() < Some(&(full * 4 / 5)), "{sizes_a:?}");
+    assert!(
+        sizes_a.iter().max() > Some(&(full * 19 / 20)),
+        "{sizes_a:?}"
+    );
+    assert_ne!(sizes_a, sizes_b, "nodes with different seeds flush in step");
+    drop(a);
+    let again = Db::open(dir.path().join("a"), opts(1)).unwrap();
+    assert_eq!(
+        sizes(&again),
+        sizes_a,
+        "the draw is not a function of the seed"
+    );
+    let plain = Db::open(
+        dir.path().join("c"),
+        small_opts(Arc::new(ManualClock::new(T0_MS))),
+    );
+    assert!(sizes(&plain.unwrap()).iter().all(|&s| s == full));
+}
