@@ -61,7 +61,7 @@ async fn cluster() -> FakeCluster {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn argument_errors_are_refused_with_a_clear_message() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["get", "k", "-k", KS, "--cl", "most"],
             "invalid consistency level",
@@ -79,6 +79,7 @@ async fn argument_errors_are_refused_with_a_clear_message() {
             "at least 1",
         ),
         (&["get", "k"], "pass --keyspace NAME or set KV_KEYSPACE"),
+        (&["bench", "--runtime-threads", "0"], "--runtime-threads"),
     ];
     for (argv, expected) in cases {
         let out = kvctl(argv.iter().map(|s| s.to_string()).collect(), None).await;

@@ -141,10 +141,14 @@ struct Inner {
     topology: RwLock<Arc<Topology>>,
     /// Replication per keyspace, for routing. The cell makes concurrent first requests for a
     /// keyspace share one DescribeKeyspace.
-    keyspaces: Mutex<HashMap<String, Arc<OnceCell<topology::Keyspace>>>>,
+    keyspaces: Mutex<HashMap<String, KeyspaceCell>>,
     refreshing: AtomicBool,
     rotation: AtomicUsize,
 }
+
+/// A keyspace's replication once learned; concurrent first requests share one
+/// DescribeKeyspace.
+type KeyspaceCell = Arc<OnceCell<Arc<topology::Keyspace>>>;
 
 /// Where a request should go.
 enum Route<'a> {
@@ -153,7 +157,7 @@ enum Route<'a> {
     /// The local-DC replicas of this key first.
     Key {
         keyspace: &'a str,
-        replication: Option<topology::Keyspace>,
+        replication: Option<Arc<topology::Keyspace>>,
         key: &'a [u8],
     },
 }
@@ -505,20 +509,19 @@ impl Client {
         }
     }
 
-    async fn replication(&self, keyspace: &str) -> Option<topology::Keyspace> {
-        let cell = self
-            .inner
-            .keyspaces
-            .lock()
-            .expect("not poisoned")
-            .entry(keyspace.to_owned())
-            .or_default()
-            .clone();
+    async fn replication(&self, keyspace: &str) -> Option<Arc<topology::Keyspace>> {
+        let cell = {
+            let mut keyspaces = self.inner.keyspaces.lock().expect("not poisoned");
+            match keyspaces.get(keyspace) {
+                Some(cell) => cell.clone(),
+                None => keyspaces.entry(keyspace.to_owned()).or_default().clone(),
+            }
+        };
         cell.get_or_try_init(|| async {
             let ks = self.describe_keyspace(keyspace).await?;
-            Ok::<_, ClientError>(topology::Keyspace::new(
+            Ok::<_, ClientError>(Arc::new(topology::Keyspace::new(
                 ks.replication.into_iter().map(|(dc, rf)| (dc, rf as usize)),
-            ))
+            )))
         })
         .await
         .ok()
@@ -592,7 +595,7 @@ impl Client {
                 keyspace,
                 replication: Some(replication),
                 key,
-            } => Some((*keyspace, replication, token_of(key))),
+            } => Some((*keyspace, &**replication, token_of(key))),
             _ => None,
         };
         let mut candidates =

@@ -79,8 +79,8 @@ impl Topology {
         ring
     }
 
-    /// Addresses of the local-DC replicas of a key, in preference-list order.
-    fn local_replicas(&self, keyspace: &str, replication: &Keyspace, token: Token) -> Vec<String> {
+    /// Indexes in `nodes` of the local-DC replicas of a key, in preference-list order.
+    fn local_replicas(&self, keyspace: &str, replication: &Keyspace, token: Token) -> Vec<usize> {
         let Some(ring) = self.ring_for(keyspace, replication) else {
             return Vec::new();
         };
@@ -91,59 +91,58 @@ impl Topology {
             .replicas(token)
             .in_dc(&self.local_dc)
             .iter()
-            .map(|&i| ring.node(i).address.clone())
-            .filter(|a| !a.is_empty())
+            .filter_map(|&i| {
+                let address = &ring.node(i).address;
+                self.nodes.iter().position(|n| &n.address == address)
+            })
             .collect()
     }
 
     /// Every node to try for a request, best first. With a key: the key's local-DC replicas
     /// believed up, then other local-DC nodes believed up, then up nodes of other DCs, then
     /// the rest. Each group starts at `rotation` so that load spreads over its members.
+    /// Works on node indexes and asks `locally_down` once per node: this runs for every
+    /// request.
     pub(crate) fn candidates(
         &self,
         key: Option<(&str, &Keyspace, Token)>,
         rotation: usize,
         locally_down: impl Fn(&str) -> bool,
     ) -> Vec<String> {
-        let up = |n: &RouteNode| n.up && !locally_down(&n.address);
-        let mut out: Vec<String> = Vec::with_capacity(self.nodes.len());
-        let mut push = |mut group: Vec<String>| {
+        let up: Vec<bool> = (self.nodes.iter())
+            .map(|n| n.up && !locally_down(&n.address))
+            .collect();
+        let local = |i: usize| self.nodes[i].dc == self.local_dc;
+        let mut order: Vec<usize> = Vec::with_capacity(self.nodes.len());
+        let mut group = Vec::with_capacity(self.nodes.len());
+        let mut push = |members: &mut dyn Iterator<Item = usize>| {
+            group.clear();
+            group.extend(members);
             if !group.is_empty() {
                 let len = group.len();
                 group.rotate_left(rotation % len);
             }
-            for a in group {
-                if !out.contains(&a) {
-                    out.push(a);
+            for &i in &group {
+                if !order.contains(&i) {
+                    order.push(i);
                 }
             }
         };
-        if !self.token_aware {
-            push(self.addresses(|n| up(n)));
-            push(self.addresses(|_| true));
-            return out;
+        let all = 0..self.nodes.len();
+        if self.token_aware {
+            if let Some((keyspace, replication, token)) = key {
+                let replicas = self.local_replicas(keyspace, replication, token);
+                push(&mut replicas.into_iter().filter(|&i| up[i]));
+            }
+            push(&mut all.clone().filter(|&i| up[i] && local(i)));
         }
-        if let Some((keyspace, replication, token)) = key {
-            let replicas = self.local_replicas(keyspace, replication, token);
-            push(
-                replicas
-                    .into_iter()
-                    .filter(|a| self.nodes.iter().any(|n| &n.address == a && up(n)))
-                    .collect(),
-            );
+        push(&mut all.clone().filter(|&i| up[i]));
+        if self.token_aware {
+            push(&mut all.clone().filter(|&i| local(i)));
         }
-        push(self.addresses(|n| up(n) && n.dc == self.local_dc));
-        push(self.addresses(|n| up(n)));
-        push(self.addresses(|n| n.dc == self.local_dc));
-        push(self.addresses(|_| true));
-        out
-    }
-
-    fn addresses(&self, keep: impl Fn(&RouteNode) -> bool) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|n| keep(n))
-            .map(|n| n.address.clone())
+        push(&mut all.clone());
+        (order.into_iter())
+            .map(|i| self.nodes[i].address.clone())
             .collect()
     }
 }
