@@ -64,4 +64,35 @@ async fn ycsb_a_runs_without_errors() {
             assert!(op["p99_us"].as_u64().expect("p99") >= op["p50_us"].as_u64().expect("p50"));
         }
     }
+
+    // Open loop: every operation is sent, none before it is due, so the run cannot go faster
+    // than the rate however fast the cluster answers.
+    let open = [
+        "bench",
+        "--dir",
+        cluster.dir_arg(),
+        "--records",
+        "200",
+        "--ops",
+        "400",
+        "--value-size",
+        "100",
+        "--cl",
+        "QUORUM",
+        "--phase",
+        "run",
+        "--rate",
+        "400",
+        "--inflight",
+        "4",
+        "-o",
+        "json",
+    ];
+    let out = kvctl(&open, Duration::from_secs(120)).await;
+    assert!(out.success, "open-loop kvctl bench failed: {}", out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).expect("JSON report");
+    let run = &report["phases"][0];
+    assert_eq!(run["ok"], 400, "{run}");
+    let rate = run["ops_per_sec"].as_f64().expect("ops/s");
+    assert!(rate <= 400.0 * 1.05, "open loop at 400 ops/s ran at {rate}");
 }
