@@ -24,7 +24,7 @@ async fn ycsb_a_runs_without_errors() {
         "--cl",
         "QUORUM",
         "--runtime-threads",
-        "1",
+        "2",
         "-o",
         "json",
     ];
@@ -32,7 +32,7 @@ async fn ycsb_a_runs_without_errors() {
     assert!(out.success, "kvctl bench failed: {}", out.stderr);
     let report: Value = serde_json::from_str(&out.stdout).expect("JSON report");
     assert_eq!(report["workload"], "a");
-    assert_eq!(report["runtime_threads"], 1);
+    assert_eq!(report["runtime_threads"], 2);
     let phases = report["phases"].as_array().expect("phases");
     assert_eq!(phases.len(), 2, "{report}");
 

@@ -393,7 +393,6 @@ async fn task(state: Arc<PhaseState>) -> Recorder {
     let mut waiting: Option<(u64, Instant)> = None;
     let timer = tokio::time::sleep_until(state.start.into());
     tokio::pin!(timer);
-    let mut timer_due = None;
     loop {
         while pending.len() < state.inflight {
             let (i, due) = match waiting.take() {
@@ -415,9 +414,8 @@ async fn task(state: Arc<PhaseState>) -> Recorder {
         let wake = waiting
             .map(|(_, due)| due)
             .filter(|_| pending.len() < state.inflight);
-        if let Some(due) = wake.filter(|&due| timer_due != Some(due)) {
+        if let Some(due) = wake.filter(|&due| timer.deadline() != due.into()) {
             timer.as_mut().reset(due.into());
-            timer_due = Some(due);
         }
         let finished = tokio::select! {
             biased;
