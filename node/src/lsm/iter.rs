@@ -132,7 +132,6 @@ impl Iterator for MergeIter {
 /// Walks a memtable in chunks so the iterator owns no borrow of it.
 pub struct MemtableIter {
     mem: Arc<Memtable>,
-    rule: Arc<dyn MergeRule>,
     buf: VecDeque<(Bytes, Cell)>,
     next_from: Option<Bound<Bytes>>,
 }
@@ -140,10 +139,9 @@ pub struct MemtableIter {
 const MEMTABLE_CHUNK_ENTRIES: usize = 256;
 
 impl MemtableIter {
-    pub fn new(mem: Arc<Memtable>, rule: Arc<dyn MergeRule>, start: Bound<Bytes>) -> Self {
+    pub fn new(mem: Arc<Memtable>, start: Bound<Bytes>) -> Self {
         MemtableIter {
             mem,
-            rule,
             buf: VecDeque::new(),
             next_from: Some(start),
         }
@@ -153,11 +151,9 @@ impl MemtableIter {
         let Some(from) = self.next_from.take() else {
             return;
         };
-        let chunk = self.mem.chunk(
-            from.as_ref().map(|b| b.as_ref()),
-            &*self.rule,
-            MEMTABLE_CHUNK_ENTRIES,
-        );
+        let chunk = self
+            .mem
+            .chunk(from.as_ref().map(|b| b.as_ref()), MEMTABLE_CHUNK_ENTRIES);
         if chunk.len() == MEMTABLE_CHUNK_ENTRIES {
             self.next_from = chunk.last().map(|(k, _)| Bound::Excluded(k.clone()));
         }
@@ -252,7 +248,7 @@ mod tests {
             );
         }
         let start = Bound::Included(Bytes::from(10u32.to_be_bytes().to_vec()));
-        let keys: Vec<_> = MemtableIter::new(mem, Arc::new(LastWriteWins), start)
+        let keys: Vec<_> = MemtableIter::new(mem, start)
             .map(|r| r.unwrap().0)
             .collect();
         assert_eq!(keys.len(), 990);

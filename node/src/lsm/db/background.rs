@@ -136,8 +136,7 @@ fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
     let table = if mem.is_empty() {
         None
     } else {
-        let source =
-            MemtableIter::new(mem.clone(), inner.opts.merge_rule.clone(), Bound::Unbounded);
+        let source = MemtableIter::new(mem.clone(), Bound::Unbounded);
         let meta = write_table(inner, number, 0, source)?;
         inner.counters.add_flush(meta.file_bytes);
         Some(Table::open(&inner.dir, number, inner.block_cache.clone())?)

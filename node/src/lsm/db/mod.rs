@@ -507,9 +507,7 @@ impl Inner {
     }
 
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Scan> {
-        let sources = self
-            .current()
-            .scan_sources(start, end, &self.opts.merge_rule)?;
+        let sources = self.current().scan_sources(start, end)?;
         let end = end.map(Bytes::copy_from_slice);
         let skip_first = match start {
             Bound::Excluded(k) => Some(Bytes::copy_from_slice(k)),

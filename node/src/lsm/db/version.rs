@@ -113,7 +113,7 @@ impl Version {
         };
         for mem in self.memtables() {
             if !settled(&found, mem.max_timestamp()) {
-                found = merge_opt(rule, found, mem.get(key, rule));
+                found = merge_opt(rule, found, mem.get(key));
             }
         }
         for table in self.candidate_tables(key) {
@@ -139,22 +139,11 @@ impl Version {
     }
 
     /// Sources for a merged scan of `[start, end)`-style bounds (`end` is applied by the merge).
-    pub fn scan_sources(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        rule: &Arc<dyn MergeRule>,
-    ) -> Result<Vec<Source>> {
+    pub fn scan_sources(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Vec<Source>> {
         let start_owned = start.map(Bytes::copy_from_slice);
         let mut sources: Vec<Source> = self
             .memtables()
-            .map(|m| {
-                Box::new(MemtableIter::new(
-                    m.clone(),
-                    rule.clone(),
-                    start_owned.clone(),
-                )) as Source
-            })
+            .map(|m| Box::new(MemtableIter::new(m.clone(), start_owned.clone())) as Source)
             .collect();
         let in_range = |t: &Arc<Table>| overlaps_range(t, start, end);
         for table in self.levels[0].iter().filter(|t| in_range(t)) {
