@@ -110,8 +110,13 @@ pub fn is_running(node: &NodeEntry) -> bool {
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X")) {
-        return false;
+    match state {
+        None | Some("X") => return false,
+        // The leader of a multi-threaded process turns zombie as soon as it exits, while its
+        // other threads, which hold its sockets and files until the last one is gone, may
+        // still be exiting (seen: a restart right after a kill found the ports still bound).
+        Some("Z") => return threads(pid) > 1,
+        Some(_) => {}
     }
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -121,6 +126,11 @@ pub fn is_running(node: &NodeEntry) -> bool {
         || cmdline
             .split(|&b| b == 0)
             .any(|arg| Path::new(OsStr::from_bytes(arg)) == config)
+}
+
+/// Threads of `pid` not yet gone, the leader counted even as a zombie.
+fn threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
