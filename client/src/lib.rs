@@ -6,6 +6,7 @@
 
 mod consistency;
 mod error;
+pub mod frame;
 pub mod sdk;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -187,6 +187,15 @@ fn internode_messages_round_trip() {
                 result: Some(inode::pipe_result::Result::Digest(u64::MAX)),
             },
         ],
+        closed: None,
+    });
+    round_trip(&inode::PipeResponse {
+        results: Vec::new(),
+        closed: Some(client::pb::v1::Error {
+            code: 9,
+            message: "meant for node \"dc9-n9\"".into(),
+            ..Default::default()
+        }),
     });
     round_trip(&inode::GossipAck {
         states: vec![inode::EndpointState {

@@ -1,34 +1,59 @@
-//! The internode pipe against a real kv-node: who may open one, and that each operation of a
-//! batch succeeds or fails on its own.
+//! The internode pipe against a real kv-node, spoken by hand over TCP: who may open one, that
+//! each operation of a batch succeeds or fails on its own, and that a malformed frame or
+//! preface ends the pipe with a reason and writes nothing.
 
 use std::time::Duration;
 
+use client::frame::{encode_frame, FrameReader, Preface, FRAME_HEADER_BYTES};
 use client::pb::internode::v1::internode_client::InternodeClient;
 use client::pb::internode::v1::{
     self as ipb, pipe_op::Op, pipe_result::Result as Answer, PipeOp, PipeRequest, PipeWrite,
     ReplicaMutation,
 };
+use client::pb::v1::key_value_client::KeyValueClient;
 use client::pb::v1::{cell, Cell, ConsistencyLevel};
 use cluster_tests::ops::{create_keyspace, get, KS};
-use cluster_tests::Cluster;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use cluster_tests::{Cluster, Node};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
 use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A pipe spoken by hand: the preface and frames of `client::frame` on a plain connection.
 struct Pipe {
-    tx: mpsc::Sender<PipeRequest>,
-    results: tonic::Streaming<ipb::PipeResponse>,
+    write: OwnedWriteHalf,
+    read: FrameReader<OwnedReadHalf>,
+}
+
+/// Why the node ended a pipe, from its closing frame.
+#[derive(Debug)]
+struct Closed {
+    code: Code,
+    message: String,
 }
 
 impl Pipe {
-    async fn open(address: &str, cluster: &str, target: &str, first: Vec<PipeOp>) -> Pipe {
-        let mut client = InternodeClient::connect(format!("http://{address}"))
+    async fn connect(address: &str, preface: [u8; 8]) -> Pipe {
+        let stream = TcpStream::connect(address)
             .await
             .expect("internode port answers");
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(PipeRequest {
+        let (read, mut write) = stream.into_split();
+        write.write_all(&preface).await.expect("preface sent");
+        let mut read = FrameReader::new(read);
+        let theirs = tokio::time::timeout(TIMEOUT, read.read_preface()).await;
+        assert_eq!(
+            theirs.expect("a preface in time").expect("a valid preface"),
+            Preface { compress: false }
+        );
+        Pipe { write, read }
+    }
+
+    async fn open(address: &str, cluster: &str, target: &str, first: Vec<PipeOp>) -> Pipe {
+        let mut pipe = Pipe::connect(address, Preface { compress: false }.encode()).await;
+        pipe.send(PipeRequest {
             sender: Some(ipb::Sender {
                 cluster: cluster.into(),
                 node_id: "a-test".into(),
@@ -36,24 +61,34 @@ impl Pipe {
             target_node_id: target.into(),
             ops: first,
         })
-        .await
-        .expect("queued");
-        let results = client
-            .pipe(ReceiverStream::new(rx))
-            .await
-            .expect("the stream opens")
-            .into_inner();
-        Pipe { tx, results }
+        .await;
+        pipe
     }
 
-    /// Every result of the operations sent, by id, or the status that ended the stream.
-    async fn answers(&mut self, count: usize) -> Result<Vec<(u64, Answer)>, tonic::Status> {
+    async fn send(&mut self, request: PipeRequest) {
+        let mut frame = Vec::new();
+        encode_frame(&request, false, &mut frame);
+        self.write.write_all(&frame).await.expect("frame sent");
+    }
+
+    /// Every result of the operations sent, by id, or why the node ended the pipe.
+    async fn answers(&mut self, count: usize) -> Result<Vec<(u64, Answer)>, Closed> {
         let mut out = Vec::new();
         while out.len() < count {
-            let next = tokio::time::timeout(TIMEOUT, self.results.message()).await;
-            let batch = next
-                .expect("an answer in time")?
-                .expect("the stream stays open");
+            let next = tokio::time::timeout(TIMEOUT, self.read.read_message()).await;
+            let batch: ipb::PipeResponse = next
+                .expect("an answer in time")
+                .expect("a valid frame")
+                .expect("the connection stays open");
+            if let Some(e) = batch.closed {
+                let closed = Closed {
+                    code: Code::from_i32(e.code),
+                    message: e.message,
+                };
+                let end = self.read.read_frame().await.expect("a clean end");
+                assert!(end.is_none(), "the node closes after its closing frame");
+                return Err(closed);
+            }
             out.extend(
                 batch
                     .results
@@ -94,12 +129,17 @@ fn error_code(answer: &Answer) -> Option<Code> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
+async fn one_node_with_keyspace() -> (Cluster, Node, KeyValueClient<Channel>) {
     let cluster = Cluster::up(1, 1).await;
     let node = cluster.nodes()[0].clone();
     let mut c = cluster.client(&node.id).await;
     create_keyspace(&mut c, &[("dc1", 1)]).await;
+    (cluster, node, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
+    let (_cluster, node, mut c) = one_node_with_keyspace().await;
     let address = &node.internode_address;
 
     let mut stranger = Pipe::open(address, "another-cluster", &node.id, vec![]).await;
@@ -107,14 +147,14 @@ async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
         .answers(1)
         .await
         .expect_err("another cluster is refused");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("another-cluster"), "{refused:?}");
+    assert_eq!(refused.code, Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message.contains("another-cluster"), "{refused:?}");
     let mut misdirected = Pipe::open(address, "kv", "dc9-n9", vec![]).await;
     let refused = misdirected
         .answers(1)
         .await
         .expect_err("another target is refused");
-    assert!(refused.message().contains("dc9-n9"), "{refused:?}");
+    assert!(refused.message.contains("dc9-n9"), "{refused:?}");
 
     let writes = vec![
         op(1, KS, write(b"good", "v1")),
@@ -142,13 +182,11 @@ async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
         op(7, KS, Op::DigestKey(b"also-good".to_vec().into())),
         op(8, KS, Op::DigestKey(b"never-written".to_vec().into())),
     ];
-    pipe.tx
-        .send(PipeRequest {
-            ops: reads,
-            ..Default::default()
-        })
-        .await
-        .expect("the pipe is still open after per-operation errors");
+    pipe.send(PipeRequest {
+        ops: reads,
+        ..Default::default()
+    })
+    .await;
     let answers = pipe.answers(3).await.expect("answers");
     let Answer::Read(read) = &answers[0].1 else {
         panic!("{answers:?}")
@@ -163,23 +201,71 @@ async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
     let too_many = (0..4097)
         .map(|i| op(100 + i, KS, write(b"x", "y")))
         .collect();
-    pipe.tx
-        .send(PipeRequest {
-            ops: too_many,
-            ..Default::default()
-        })
-        .await
-        .expect("queued");
+    pipe.send(PipeRequest {
+        ops: too_many,
+        ..Default::default()
+    })
+    .await;
     let refused = pipe
         .answers(1)
         .await
         .expect_err("an oversized batch ends the pipe");
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message().contains("4097"), "{refused:?}");
+    assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message.contains("4097"), "{refused:?}");
     let got = get(&mut c, "x", ConsistencyLevel::One).await;
     assert_eq!(
         got.expect("read"),
         None,
         "no operation of a refused batch is applied"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_frame_or_preface_ends_the_pipe_with_the_reason_and_writes_nothing() {
+    let (_cluster, node, mut c) = one_node_with_keyspace().await;
+    let address = &node.internode_address;
+
+    let mut pipe = Pipe::open(address, "kv", &node.id, vec![]).await;
+    pipe.answers(0).await.expect("the hello is accepted");
+    let mut frame = Vec::new();
+    let request = PipeRequest {
+        ops: vec![op(1, KS, write(b"flipped", "v"))],
+        ..Default::default()
+    };
+    encode_frame(&request, false, &mut frame);
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    pipe.write.write_all(&frame).await.expect("sent");
+    let refused = pipe
+        .answers(1)
+        .await
+        .expect_err("a corrupt frame ends the pipe");
+    assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message.contains("checksum"), "{refused:?}");
+    assert!(frame.len() > FRAME_HEADER_BYTES);
+    let got = get(&mut c, "flipped", ConsistencyLevel::One).await;
+    assert_eq!(
+        got.expect("read"),
+        None,
+        "nothing of a corrupt frame is applied"
+    );
+
+    let mut future = Preface { compress: false }.encode();
+    future[6] = 9;
+    let mut pipe = Pipe::connect(address, future).await;
+    let refused = pipe
+        .answers(1)
+        .await
+        .expect_err("an unknown version is refused");
+    assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message.contains("version 9"), "{refused:?}");
+
+    let mut grpc = InternodeClient::connect(format!("http://{address}"))
+        .await
+        .expect("gRPC on the port pipes share");
+    let refused = grpc
+        .replica_scan(ipb::ReplicaScanRequest::default())
+        .await
+        .expect_err("a scan without a sender is refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }

@@ -1,5 +1,6 @@
-//! The internode gRPC service: replica reads and writes, forwarding to a DC's replicas,
-//! hint delivery, range scans for coordinators, and gossip.
+//! The internode gRPC service: forwarding to a DC's replicas, hint delivery, range scans for
+//! coordinators, streaming, repair and gossip. Replica reads and writes go on pipes
+//! (`super::pipe`), which share the port.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use client::KvError;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
@@ -24,23 +26,30 @@ use crate::lsm::Mutation;
 /// Most cells one ReplicaScan returns.
 const SCAN_LIMIT_MAX: u32 = 10_000;
 
+/// Accepted gRPC connections waiting for the gRPC server to take them.
+const GRPC_ACCEPTED_QUEUED: usize = 64;
+
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    let service = InternodeServer::new(InternodeService {
+    let service = InternodeServer::new(InternodeService { node: node.clone() })
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
+    // Pipes and gRPC share the port: the accept loop keeps the pipes and hands the rest on.
+    let (grpc_tx, grpc_rx) = mpsc::channel(GRPC_ACCEPTED_QUEUED);
+    let accept = tokio::spawn(super::pipe::serve::accept(
         node,
-        stop: stop.clone(),
-    })
-    .accept_compressed(CompressionEncoding::Zstd)
-    .send_compressed(CompressionEncoding::Zstd)
-    .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
-    super::serve_grpc("internode", Routes::new(service), listener, stop).await;
+        listener,
+        grpc_tx,
+        stop.clone(),
+    ));
+    let incoming = ReceiverStream::new(grpc_rx).map(Ok::<_, std::io::Error>);
+    super::serve_grpc("internode", Routes::new(service), incoming, stop).await;
+    let _ = accept.await;
 }
 
 struct InternodeService {
     node: Arc<Node>,
-    /// Ends long-lived streams when the node stops: a graceful shutdown waits for every open
-    /// stream, and peers keep their pipes open indefinitely.
-    stop: watch::Receiver<bool>,
 }
 
 fn status(e: KvError) -> Status {
@@ -100,30 +109,12 @@ impl InternodeService {
     }
 }
 
-type PipeStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::PipeResponse, Status>> + Send>>;
 type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::ReplicaAck, Status>> + Send>>;
 type ChunkStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::StreamRangesChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Internode for InternodeService {
-    type PipeStream = PipeStream;
-
-    async fn pipe(
-        &self,
-        request: Request<tonic::Streaming<ipb::PipeRequest>>,
-    ) -> Result<Response<PipeStream>, Status> {
-        let (tx, rx) = mpsc::channel(super::pipe::PIPE_RESPONSES_QUEUED);
-        tokio::spawn(super::pipe::serve(
-            self.node.clone(),
-            request.into_inner(),
-            tx,
-            self.stop.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
     async fn replica_scan(
         &self,
         request: Request<ipb::ReplicaScanRequest>,

@@ -1,6 +1,7 @@
-//! Connections to other nodes' internode services: one lazily connected HTTP/2 channel per
-//! address (HTTP/2 multiplexes every concurrent request on it), and the simulated WAN delay
-//! towards remote DCs that `kvctl demo --wan-latency` asks for.
+//! Connections to other nodes: one lazily connected HTTP/2 channel per address for the
+//! internode gRPC service (HTTP/2 multiplexes every concurrent request on it), one pipe per
+//! peer for replica operations, and the simulated WAN delay towards remote DCs that
+//! `kvctl demo --wan-latency` asks for.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use dashmap::DashMap;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
-use super::pipe::Pipe;
+use super::pipe::{Pipe, PipeTarget};
 
 /// A peer that does not accept a connection within this long is treated as failed for the
 /// request; the failure detector, not this timeout, decides whether it is down.
@@ -104,33 +105,30 @@ impl Peers {
 
     /// The pipe to node `node_id` at `address` in `dc`, opened on first use and again after
     /// it closes (the peer restarted) or the node moved to another address.
-    pub fn pipe(
-        &self,
-        address: &str,
-        dc: &str,
-        node_id: &str,
-    ) -> Result<Arc<Pipe>, tonic::transport::Error> {
+    pub fn pipe(&self, address: &str, dc: &str, node_id: &str) -> Arc<Pipe> {
         // Looked up by &str: this runs for every replica operation.
         if let Some(p) = (self.pipes.get(node_id)).filter(|p| p.0 == address && !p.1.is_closed()) {
-            return Ok(p.1.clone());
+            return p.1.clone();
         }
         if self.pipes.len() >= CHANNELS_MAX {
             self.pipes.clear();
         }
-        let open = || -> Result<(String, Arc<Pipe>), tonic::transport::Error> {
-            let client = self.client(address, Some(dc))?;
-            let pipe = Pipe::open(client, self.sender(), node_id.to_owned());
-            Ok((address.to_owned(), Arc::new(pipe)))
+        let open = || {
+            let pipe = Pipe::open(PipeTarget {
+                address: address.to_owned(),
+                compress: dc != self.dc,
+                local_ip: self.local_ip,
+                sender: self.sender(),
+                node_id: node_id.to_owned(),
+            });
+            (address.to_owned(), Arc::new(pipe))
         };
         // Under the entry's lock, so callers racing to reopen share one pipe.
-        let mut entry = self
-            .pipes
-            .entry(node_id.to_owned())
-            .or_try_insert_with(open)?;
+        let mut entry = self.pipes.entry(node_id.to_owned()).or_insert_with(open);
         if entry.0 != address || entry.1.is_closed() {
-            *entry = open()?;
+            *entry = open();
         }
-        Ok(entry.1.clone())
+        entry.1.clone()
     }
 
     /// The simulated one-way delay to a node in `dc`.

@@ -189,8 +189,7 @@ impl Node {
         deadline: Instant,
     ) -> Result<ipb::pipe_result::Result, ReplicaError> {
         remaining(deadline)?;
-        let pipe = (self.peers.pipe(&t.address, &t.dc, &t.id))
-            .map_err(|e| ReplicaError::Failed(e.to_string()))?;
+        let pipe = self.peers.pipe(&t.address, &t.dc, &t.id);
         let call = self.peers.call(&t.dc, pipe.call(keyspace, op));
         (tokio::time::timeout_at(deadline.into(), call).await).unwrap_or(Err(ReplicaError::Timeout))
     }

@@ -1,0 +1,298 @@
+//! The serving end of pipes, and the internode port's accept loop, which tells a pipe
+//! connection from a gRPC one by its first byte (`K` of the pipe preface, `P` of HTTP/2's), so
+//! both share one port and a node's advertised addresses stay as they were.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::frame::{encode_frame, FrameError, FrameReader, Preface, PIPE_MAGIC};
+use client::pb::internode::v1 as ipb;
+use client::KvError;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tonic::Code;
+
+use super::{tune, PIPE_BATCH_OPS_MAX, PIPE_WRITE_BUFFER_BYTES_KEPT};
+use crate::cluster::digest;
+use crate::lsm::Mutation;
+use crate::server::convert::{cell_to_pb, check_key};
+use crate::server::internode_service::{check_sender, check_target};
+use crate::server::replica::from_pb_mutations;
+use crate::server::Node;
+
+/// Response frames a pipe's serving end queues for its connection at most.
+const PIPE_RESPONSES_QUEUED: usize = 64;
+/// Request frames a pipe's serving end works on at once; past it, it stops reading, and TCP
+/// flow control pushes back on the sender.
+const PIPE_BATCHES_IN_FLIGHT: usize = 32;
+/// A connection that has not said what it is within this long is dropped.
+const FIRST_BYTES_TIMEOUT_MS: u64 = 10_000;
+/// After a failed accept (e.g. out of file descriptors), so the loop does not spin.
+const ACCEPT_RETRY_MS: u64 = 50;
+
+/// Accepts internode connections until `stop` turns: pipes are served here, gRPC connections
+/// handed to `grpc`.
+pub async fn accept(
+    node: Arc<Node>,
+    listener: TcpListener,
+    grpc: mpsc::Sender<TcpStream>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(route(node.clone(), stream, grpc.clone(), stop.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "internode accept failed");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+async fn route(
+    node: Arc<Node>,
+    stream: TcpStream,
+    grpc: mpsc::Sender<TcpStream>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Without it Nagle's algorithm meets delayed ACKs and small replies wait ~40 ms.
+    if stream.set_nodelay(true).is_err() {
+        return;
+    }
+    let mut first = [0u8; 1];
+    let timeout = Duration::from_millis(FIRST_BYTES_TIMEOUT_MS);
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(timeout, stream.peek(&mut first)) => peeked,
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    let Ok(Ok(1)) = peeked else { return };
+    if first[0] != PIPE_MAGIC[0] {
+        let _ = grpc.send(stream).await;
+    } else if tune(&stream).is_ok() {
+        serve_connection(node, stream, stop).await;
+    }
+}
+
+/// Serves one pipe connection until the peer closes it, it breaks the protocol, or this node
+/// stops; the operations already started are still answered.
+async fn serve_connection(node: Arc<Node>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::new(read);
+    let timeout = Duration::from_millis(FIRST_BYTES_TIMEOUT_MS);
+    let preface = tokio::select! {
+        preface = tokio::time::timeout(timeout, reader.read_preface()) => preface,
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    let Ok(preface) = preface else { return };
+    let compress = preface.as_ref().is_ok_and(|p| p.compress);
+    let (tx, rx) = mpsc::channel(PIPE_RESPONSES_QUEUED);
+    tokio::spawn(write_responses(write, rx, compress));
+    match preface {
+        Ok(_) => read_requests(node, reader, tx, stop).await,
+        Err(e) => {
+            let _ = tx.send(closing(Code::InvalidArgument, e.to_string())).await;
+        }
+    }
+}
+
+/// The last frame of a pipe the node ends, saying why.
+fn closing(code: Code, message: String) -> ipb::PipeResponse {
+    ipb::PipeResponse {
+        results: Vec::new(),
+        closed: Some(client::pb::v1::Error {
+            code: code as i32,
+            message,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn read_requests(
+    node: Arc<Node>,
+    mut reader: FrameReader<OwnedReadHalf>,
+    tx: mpsc::Sender<ipb::PipeResponse>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let batches = Arc::new(Semaphore::new(PIPE_BATCHES_IN_FLIGHT));
+    let mut first = true;
+    loop {
+        let message = tokio::select! {
+            message = reader.read_message::<ipb::PipeRequest>() => message,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let request = match message {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(FrameError::Io(_)) => return,
+            Err(e) => {
+                let _ = tx.send(closing(Code::InvalidArgument, e.to_string())).await;
+                return;
+            }
+        };
+        if let Err(refused) = check(&node, &request, std::mem::take(&mut first)) {
+            let _ = tx.send(refused).await;
+            return;
+        }
+        let Ok(slot) = batches.clone().acquire_owned().await else {
+            return;
+        };
+        let (node, tx) = (node.clone(), tx.clone());
+        tokio::spawn(async move {
+            let results = run(&node, request.ops).await;
+            let _ = tx
+                .send(ipb::PipeResponse {
+                    results,
+                    closed: None,
+                })
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+/// Who may send (checked on the first frame) and how much one frame may ask.
+fn check(node: &Node, request: &ipb::PipeRequest, first: bool) -> Result<(), ipb::PipeResponse> {
+    if first {
+        check_sender(node, &request.sender)
+            .and_then(|()| check_target(node, &request.target_node_id))
+            .map_err(|status| closing(status.code(), status.message().to_owned()))?;
+    }
+    if request.ops.len() > PIPE_BATCH_OPS_MAX {
+        let message = format!(
+            "a pipe frame holds {} operations, more than {PIPE_BATCH_OPS_MAX}",
+            request.ops.len()
+        );
+        return Err(closing(Code::InvalidArgument, message));
+    }
+    Ok(())
+}
+
+/// Writes the preface at once (a peer may wait for it), then every response as it is ready;
+/// the responses ready together go out in one write. Ends after a closing frame or when every sender is gone.
+async fn write_responses(
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<ipb::PipeResponse>,
+    compress: bool,
+) {
+    if write
+        .write_all(&Preface { compress }.encode())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = Vec::new();
+    while let Some(response) = rx.recv().await {
+        let mut last = response.closed.is_some();
+        encode_frame(&response, compress, &mut buf);
+        while !last && buf.len() < PIPE_WRITE_BUFFER_BYTES_KEPT {
+            let Ok(response) = rx.try_recv() else { break };
+            last = response.closed.is_some();
+            encode_frame(&response, compress, &mut buf);
+        }
+        if write.write_all(&buf).await.is_err() || last {
+            break;
+        }
+        if buf.capacity() > PIPE_WRITE_BUFFER_BYTES_KEPT {
+            buf = Vec::new();
+        }
+        buf.clear();
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Runs one frame's operations: its writes to one keyspace as one engine batch, its reads
+/// concurrently (inline when memory answers).
+async fn run(node: &Arc<Node>, ops: Vec<ipb::PipeOp>) -> Vec<ipb::PipeResult> {
+    let mut results = Vec::with_capacity(ops.len());
+    let mut writes: HashMap<String, Vec<(u64, Vec<Mutation>)>> = HashMap::new();
+    let mut reads = Vec::new();
+    for op in ops {
+        match op.op {
+            Some(ipb::pipe_op::Op::Write(w)) => match from_pb_mutations(w.mutations) {
+                Ok(muts) => writes.entry(op.keyspace).or_default().push((op.id, muts)),
+                Err(e) => results.push(error(op.id, e)),
+            },
+            Some(ipb::pipe_op::Op::ReadKey(key)) => reads.push((op.id, op.keyspace, key, false)),
+            Some(ipb::pipe_op::Op::DigestKey(key)) => reads.push((op.id, op.keyspace, key, true)),
+            None => results.push(error(op.id, KvError::invalid_argument("op", "missing"))),
+        }
+    }
+    let reads = reads
+        .into_iter()
+        .map(|(id, keyspace, key, digest)| read(node, id, keyspace, key, digest));
+    let (read_results, write_results) = tokio::join!(
+        futures_util::future::join_all(reads),
+        futures_util::future::join_all(
+            (writes.into_iter()).map(|(keyspace, ops)| write(node, keyspace, ops))
+        ),
+    );
+    results.extend(read_results);
+    results.extend(write_results.into_iter().flatten());
+    results
+}
+
+async fn read(
+    node: &Arc<Node>,
+    id: u64,
+    keyspace: String,
+    key: bytes::Bytes,
+    want_digest: bool,
+) -> ipb::PipeResult {
+    if let Err(e) = check_key(&key, "read_key") {
+        return error(id, e);
+    }
+    let result = match node.read_local(&keyspace, &key).await {
+        Ok(cell) if want_digest => ipb::pipe_result::Result::Digest(digest(cell.as_ref())),
+        Ok(cell) => ipb::pipe_result::Result::Read(ipb::PipeCell {
+            cell: cell.as_ref().map(cell_to_pb),
+        }),
+        Err(e) => return error(id, e),
+    };
+    ipb::PipeResult {
+        id,
+        result: Some(result),
+    }
+}
+
+/// Applies every write of one keyspace as one batch; if the batch fails, each write alone, so
+/// one bad write does not fail the others.
+async fn write(
+    node: &Arc<Node>,
+    keyspace: String,
+    ops: Vec<(u64, Vec<Mutation>)>,
+) -> Vec<ipb::PipeResult> {
+    let written = |id| ipb::PipeResult {
+        id,
+        result: Some(ipb::pipe_result::Result::Written(ipb::PipeWritten {})),
+    };
+    if ops.len() > 1 {
+        let all: Vec<Mutation> = ops.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
+        if node.apply_local(&keyspace, all).await.is_ok() {
+            return ops.into_iter().map(|(id, _)| written(id)).collect();
+        }
+    }
+    let mut results = Vec::with_capacity(ops.len());
+    for (id, muts) in ops {
+        results.push(match node.apply_local(&keyspace, muts).await {
+            Ok(()) => written(id),
+            Err(e) => error(id, e),
+        });
+    }
+    results
+}
+
+fn error(id: u64, e: impl Into<client::pb::v1::Error>) -> ipb::PipeResult {
+    ipb::PipeResult {
+        id,
+        result: Some(ipb::pipe_result::Result::Error(e.into())),
+    }
+}
