@@ -73,8 +73,18 @@ impl Pipe {
 
     /// Every result of the operations sent, by id, or why the node ended the pipe.
     async fn answers(&mut self, count: usize) -> Result<Vec<(u64, Answer)>, Closed> {
+        Ok(self.answers_and_frames(count).await?.0)
+    }
+
+    /// [`Pipe::answers`], and how many frames carried them.
+    async fn answers_and_frames(
+        &mut self,
+        count: usize,
+    ) -> Result<(Vec<(u64, Answer)>, usize), Closed> {
         let mut out = Vec::new();
+        let mut frames = 0;
         while out.len() < count {
+            frames += 1;
             let next = tokio::time::timeout(TIMEOUT, self.read.read_message()).await;
             let batch: ipb::PipeResponse = next
                 .expect("an answer in time")
@@ -97,7 +107,7 @@ impl Pipe {
             );
         }
         out.sort_by_key(|(id, _)| *id);
-        Ok(out)
+        Ok((out, frames))
     }
 }
 
@@ -268,4 +278,48 @@ async fn a_corrupt_frame_or_preface_ends_the_pipe_with_the_reason_and_writes_not
         .await
         .expect_err("a scan without a sender is refused");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_larger_than_a_frame_together_come_back_in_several_frames() {
+    let (_cluster, node, _c) = one_node_with_keyspace().await;
+    let mut pipe = Pipe::open(&node.internode_address, "kv", &node.id, vec![]).await;
+    pipe.answers(0).await.expect("the hello is accepted");
+    let value = "v".repeat(11 << 20);
+    for id in 1..=3 {
+        let key = format!("big-{id}");
+        pipe.send(PipeRequest {
+            ops: vec![op(id, KS, write(key.as_bytes(), &value))],
+            ..Default::default()
+        })
+        .await;
+        let written = pipe.answers(1).await.expect("written");
+        assert!(matches!(written[0].1, Answer::Written(_)), "{written:?}");
+    }
+    let reads = (1..=3)
+        .map(|id| {
+            op(
+                10 + id,
+                KS,
+                Op::ReadKey(format!("big-{id}").into_bytes().into()),
+            )
+        })
+        .collect();
+    pipe.send(PipeRequest {
+        ops: reads,
+        ..Default::default()
+    })
+    .await;
+    let (answers, frames) = pipe.answers_and_frames(3).await.expect("33 MiB of answers");
+    assert!(frames >= 2, "33 MiB cannot fit one frame, came in {frames}");
+    for (id, answer) in answers {
+        let Answer::Read(read) = answer else {
+            panic!("{id}: {answer:?}")
+        };
+        let content = read.cell.and_then(|c| c.content);
+        let Some(cell::Content::Value(v)) = content else {
+            panic!("{id}: no value")
+        };
+        assert_eq!(v.len(), value.len(), "answer {id}");
+    }
 }

@@ -29,9 +29,13 @@ use super::replica::ReplicaError;
 pub const PIPE_PENDING_OPS_MAX: usize = 8192;
 /// Most operations per frame, as the protocol allows.
 pub const PIPE_BATCH_OPS_MAX: usize = 4096;
-/// A batch stops growing past this size; one operation may exceed it alone (up to the
-/// message limit), so large writes are not split.
+/// A batch stops growing past this size; one operation may exceed it alone (up to
+/// [`PIPE_OP_BYTES_MAX`]), so large writes are not split.
 const PIPE_BATCH_BYTES_SOFT_MAX: usize = 1024 * 1024;
+/// The largest operation a pipe carries: a frame holds at most the message limit, and the
+/// batch's own framing (a tag and a length per operation, at most 4096 of them) fits in the
+/// slack between that and the frame limit.
+pub const PIPE_OP_BYTES_MAX: usize = client::MAX_MESSAGE_BYTES;
 /// A peer that does not accept a connection within this long fails the pipe's operations; the
 /// failure detector, not this timeout, decides whether it is down.
 const PIPE_CONNECT_TIMEOUT_MS: u64 = 1_000;
@@ -55,8 +59,11 @@ struct State {
     closed: Option<String>,
 }
 
+/// An operation and its encoded size, measured once by its caller.
+type Queued = (ipb::PipeOp, usize);
+
 pub struct Pipe {
-    queue: mpsc::Sender<ipb::PipeOp>,
+    queue: mpsc::Sender<Queued>,
     state: Arc<Mutex<State>>,
     next_id: AtomicU64,
     slots: Semaphore,
@@ -135,7 +142,13 @@ impl Pipe {
             keyspace: keyspace.to_owned(),
             op: Some(op),
         };
-        if self.queue.send(op).await.is_err() {
+        let bytes = op.encoded_len();
+        if bytes > PIPE_OP_BYTES_MAX {
+            return Err(ReplicaError::Failed(format!(
+                "a replica operation of {bytes} bytes is over the pipe's {PIPE_OP_BYTES_MAX}-byte limit"
+            )));
+        }
+        if self.queue.send((op, bytes)).await.is_err() {
             return Err(ReplicaError::Failed("the pipe is closed".into()));
         }
         rx.await
@@ -184,7 +197,7 @@ pub(super) fn tune(stream: &TcpStream) -> io::Result<()> {
 /// Drives one connection until either direction ends; returns why.
 async fn run(
     stream: TcpStream,
-    rx: mpsc::Receiver<ipb::PipeOp>,
+    rx: mpsc::Receiver<Queued>,
     target: PipeTarget,
     state: &Mutex<State>,
 ) -> String {
@@ -202,16 +215,18 @@ async fn run(
     }
 }
 
-/// Sends every operation queued when the connection can take the next frame, as one frame.
+/// Sends every operation queued when the connection can take the next frame, as one frame of
+/// at most the message limit (an operation that would pass it waits for the next frame).
 async fn send_batches(
     mut write: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<ipb::PipeOp>,
+    mut rx: mpsc::Receiver<Queued>,
     hello: ipb::PipeRequest,
     compress: bool,
 ) -> String {
     let mut buf = Preface { compress }.encode().to_vec();
     encode_frame(&hello, compress, &mut buf);
     let mut request = ipb::PipeRequest::default();
+    let mut carried = None;
     loop {
         if let Err(e) = write.write_all(&buf).await {
             return format!("pipe: sending: {e}");
@@ -220,14 +235,23 @@ async fn send_batches(
             buf = Vec::new();
         }
         buf.clear();
-        let Some(op) = rx.recv().await else {
+        let next = match carried.take() {
+            Some(queued) => Some(queued),
+            None => rx.recv().await,
+        };
+        let Some((op, mut bytes)) = next else {
             return "the pipe was dropped".into();
         };
-        let mut bytes = op.encoded_len();
         request.ops.push(op);
         while request.ops.len() < PIPE_BATCH_OPS_MAX && bytes < PIPE_BATCH_BYTES_SOFT_MAX {
-            let Ok(op) = rx.try_recv() else { break };
-            bytes += op.encoded_len();
+            let Ok((op, op_bytes)) = rx.try_recv() else {
+                break;
+            };
+            if bytes + op_bytes > PIPE_OP_BYTES_MAX {
+                carried = Some((op, op_bytes));
+                break;
+            }
+            bytes += op_bytes;
             request.ops.push(op);
         }
         encode_frame(&request, compress, &mut buf);
@@ -282,4 +306,29 @@ fn close(state: &Mutex<State>, reason: String) {
         let _ = tx.send(Err(ReplicaError::Failed(reason.clone())));
     }
     state.closed = Some(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pipe_socket_gives_up_on_a_silent_peer_within_the_dead_peer_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        tune(&stream).expect("tuned");
+        let socket = socket2::SockRef::from(&stream);
+        let dead_peer = Duration::from_millis(PIPE_DEAD_PEER_MS);
+        assert_eq!(socket.tcp_user_timeout().expect("read"), Some(dead_peer));
+        assert!(socket.keepalive().expect("read"));
+        let probing = socket.tcp_keepalive_time().expect("read")
+            + socket.tcp_keepalive_interval().expect("read")
+                * socket.tcp_keepalive_retries().expect("read");
+        assert!(probing <= dead_peer + Duration::from_secs(1), "{probing:?}");
+        assert!(stream.nodelay().expect("read"));
+    }
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 use client::frame::{encode_frame, FrameError, FrameReader, Preface, PIPE_MAGIC};
 use client::pb::internode::v1 as ipb;
 use client::KvError;
+use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::Code;
 
-use super::{tune, PIPE_BATCH_OPS_MAX, PIPE_WRITE_BUFFER_BYTES_KEPT};
+use super::{tune, PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX, PIPE_WRITE_BUFFER_BYTES_KEPT};
 use crate::cluster::digest;
 use crate::lsm::Mutation;
 use crate::server::convert::{cell_to_pb, check_key};
@@ -176,7 +177,8 @@ fn check(node: &Node, request: &ipb::PipeRequest, first: bool) -> Result<(), ipb
 }
 
 /// Writes the preface at once (a peer may wait for it), then every response as it is ready;
-/// the responses ready together go out in one write. Ends after a closing frame or when every sender is gone.
+/// the responses ready together go out in one write. Ends after a closing frame or when every
+/// sender is gone.
 async fn write_responses(
     mut write: OwnedWriteHalf,
     mut rx: mpsc::Receiver<ipb::PipeResponse>,
@@ -192,11 +194,11 @@ async fn write_responses(
     let mut buf = Vec::new();
     while let Some(response) = rx.recv().await {
         let mut last = response.closed.is_some();
-        encode_frame(&response, compress, &mut buf);
+        encode_response(response, compress, &mut buf);
         while !last && buf.len() < PIPE_WRITE_BUFFER_BYTES_KEPT {
             let Ok(response) = rx.try_recv() else { break };
             last = response.closed.is_some();
-            encode_frame(&response, compress, &mut buf);
+            encode_response(response, compress, &mut buf);
         }
         if write.write_all(&buf).await.is_err() || last {
             break;
@@ -207,6 +209,26 @@ async fn write_responses(
         buf.clear();
     }
     let _ = write.shutdown().await;
+}
+
+/// Encodes one batch's answers as frames of about [`PIPE_BATCH_BYTES_SOFT_MAX`] at most (one
+/// answer alone may be larger, up to a value's size): a batch of reads of large values would
+/// otherwise pass the frame limit.
+fn encode_response(response: ipb::PipeResponse, compress: bool, out: &mut Vec<u8>) {
+    let mut part = ipb::PipeResponse::default();
+    let mut bytes = 0;
+    for result in response.results {
+        let result_bytes = result.encoded_len();
+        if !part.results.is_empty() && bytes + result_bytes > PIPE_BATCH_BYTES_SOFT_MAX {
+            encode_frame(&part, compress, out);
+            part.results.clear();
+            bytes = 0;
+        }
+        bytes += result_bytes;
+        part.results.push(result);
+    }
+    part.closed = response.closed;
+    encode_frame(&part, compress, out);
 }
 
 /// Runs one frame's operations: its writes to one keyspace as one engine batch, its reads
