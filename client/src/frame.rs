@@ -133,14 +133,14 @@ pub fn encode_frame(message: &impl prost::Message, compress: bool, out: &mut Vec
 
 /// A frame's header, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameHeader {
-    pub body_bytes: usize,
-    pub compressed: bool,
-    pub checksum: u64,
+struct FrameHeader {
+    body_bytes: usize,
+    compressed: bool,
+    checksum: u64,
 }
 
 impl FrameHeader {
-    pub fn decode(bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
+    fn decode(bytes: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
         let body_bytes = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         if body_bytes > FRAME_BODY_BYTES_MAX {
             return Err(FrameError::TooLarge {
@@ -163,7 +163,7 @@ impl FrameHeader {
     }
 
     /// Checks `body` against the header and returns the message bytes it carries.
-    pub fn open(&self, body: Vec<u8>) -> Result<Bytes, FrameError> {
+    fn open(&self, body: Vec<u8>) -> Result<Bytes, FrameError> {
         debug_assert_eq!(body.len(), self.body_bytes);
         let computed = xxh3_64(&body);
         if computed != self.checksum {

@@ -35,6 +35,13 @@ struct Closed {
     message: String,
 }
 
+impl Closed {
+    fn assert_is(&self, code: Code, naming: &str) {
+        assert_eq!(self.code, code, "{self:?}");
+        assert!(self.message.contains(naming), "{self:?}");
+    }
+}
+
 impl Pipe {
     async fn connect(address: &str, preface: [u8; 8]) -> Pipe {
         let stream = TcpStream::connect(address)
@@ -157,14 +164,13 @@ async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
         .answers(1)
         .await
         .expect_err("another cluster is refused");
-    assert_eq!(refused.code, Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message.contains("another-cluster"), "{refused:?}");
+    refused.assert_is(Code::FailedPrecondition, "another-cluster");
     let mut misdirected = Pipe::open(address, "kv", "dc9-n9", vec![]).await;
     let refused = misdirected
         .answers(1)
         .await
         .expect_err("another target is refused");
-    assert!(refused.message.contains("dc9-n9"), "{refused:?}");
+    refused.assert_is(Code::FailedPrecondition, "dc9-n9");
 
     let writes = vec![
         op(1, KS, write(b"good", "v1")),
@@ -220,8 +226,7 @@ async fn a_pipe_answers_each_operation_on_its_own_and_refuses_strangers() {
         .answers(1)
         .await
         .expect_err("an oversized batch ends the pipe");
-    assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message.contains("4097"), "{refused:?}");
+    refused.assert_is(Code::InvalidArgument, "4097");
     let got = get(&mut c, "x", ConsistencyLevel::One).await;
     assert_eq!(
         got.expect("read"),
@@ -250,8 +255,7 @@ async fn a_corrupt_frame_or_preface_ends_the_pipe_with_the_reason_and_writes_not
         .answers(1)
         .await
         .expect_err("a corrupt frame ends the pipe");
-    assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message.contains("checksum"), "{refused:?}");
+    refused.assert_is(Code::InvalidArgument, "checksum");
     assert!(frame.len() > FRAME_HEADER_BYTES);
     let got = get(&mut c, "flipped", ConsistencyLevel::One).await;
     assert_eq!(
@@ -267,8 +271,7 @@ async fn a_corrupt_frame_or_preface_ends_the_pipe_with_the_reason_and_writes_not
         .answers(1)
         .await
         .expect_err("an unknown version is refused");
-    assert_eq!(refused.code, Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message.contains("version 9"), "{refused:?}");
+    refused.assert_is(Code::InvalidArgument, "version 9");
 
     let mut grpc = InternodeClient::connect(format!("http://{address}"))
         .await

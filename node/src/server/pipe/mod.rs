@@ -157,12 +157,10 @@ impl Pipe {
 }
 
 async fn connect(target: &PipeTarget) -> io::Result<TcpStream> {
-    let addr = match target.address.parse::<SocketAddr>() {
-        Ok(addr) => addr,
-        Err(_) => (tokio::net::lookup_host(&target.address).await?)
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?,
-    };
+    // An `ip:port` (what gossip carries) is parsed without a DNS lookup.
+    let addr = (tokio::net::lookup_host(&target.address).await?)
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
