@@ -1,16 +1,18 @@
-//! Framing for the internode pipe: protobuf messages on a plain TCP connection, without
-//! HTTP/2. Each side opens with an 8-byte preface, then sends frames of one message each.
+//! Framing for the two long-lived sessions that carry single-key operations: the internode
+//! pipe (replica operations, `PipeRequest`/`PipeResponse`) and a client's pipeline session
+//! (`PipelineRequest`/`PipelineResponse`). Protobuf messages on a plain TCP connection, without
+//! HTTP/2: each side opens with an 8-byte preface, then sends frames of one message each.
 //!
 //! Why not gRPC: with one operation per message, the two HTTP/2 layers (client and server
 //! connection tasks, frame queues, flow-control windows) cost about 28% of a node's user-space
-//! instructions (callgrind, docs/benchmarks.md). A pipe needs none of what HTTP/2 adds: it is
-//! one long-lived, already multiplexed stream per pair of nodes.
+//! instructions (callgrind, docs/benchmarks.md). These sessions need none of what HTTP/2 adds:
+//! each is one long-lived stream, already multiplexed by the operations' ids.
 //!
 //! Preface, sent once by each side as the connection opens (the connecting side first):
 //!
 //! | offset | bytes | field |
 //! |---|---|---|
-//! | 0 | 6 | magic `KVPIPE` (its `K` tells a pipe from HTTP/2's `PRI` on a shared port) |
+//! | 0 | 6 | magic: `KVPIPE` for a pipe, `KVSESS` for a client session (the `K` tells either from HTTP/2's `PRI` on a shared port) |
 //! | 6 | 1 | protocol version, [`PIPE_VERSION`] |
 //! | 7 | 1 | flags: bit 0 asks for zstd-compressed frames both ways; other bits zero |
 //!
@@ -29,12 +31,13 @@
 
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::MAX_MESSAGE_BYTES;
 
-pub const PIPE_MAGIC: [u8; 6] = *b"KVPIPE";
+/// The first byte of every preface, and never the first of HTTP/2's (`P`).
+pub const PREFACE_FIRST_BYTE: u8 = b'K';
 pub const PIPE_VERSION: u8 = 1;
 pub const PREFACE_BYTES: usize = 8;
 pub const FRAME_HEADER_BYTES: usize = 16;
@@ -45,39 +48,72 @@ const FLAG_ZSTD: u8 = 1;
 const ZSTD_LEVEL: i32 = 1;
 /// Reads are buffered so that a burst of small frames costs one system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A writer gathers frames up to this much into one write, and keeps a buffer no larger for the
+/// next (one frame may hold a 16 MiB value).
+pub const WRITE_BUFFER_BYTES_KEPT: usize = 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum FrameError {
-    #[error("pipe connection: {0}")]
+    #[error("framed connection: {0}")]
     Io(#[from] std::io::Error),
-    #[error("pipe preface: magic {found:?} is not KVPIPE")]
+    #[error("preface: magic {found:?} is neither KVPIPE nor KVSESS", found = String::from_utf8_lossy(found))]
     Magic { found: [u8; 6] },
-    #[error("pipe preface: version {found} is not supported (this side speaks {PIPE_VERSION})")]
+    #[error("preface: {found} where {expected} was expected (wrong port?)")]
+    Protocol { found: Protocol, expected: Protocol },
+    #[error("preface: version {found} is not supported (this side speaks {PIPE_VERSION})")]
     Version { found: u8 },
-    #[error("pipe {what}: unknown flags {flags:#04x}")]
+    #[error("{what}: unknown flags {flags:#04x}")]
     Flags { what: &'static str, flags: u8 },
-    #[error("pipe frame: body of {bytes} bytes is over the {max}-byte limit")]
+    #[error("frame: body of {bytes} bytes is over the {max}-byte limit")]
     TooLarge { bytes: usize, max: usize },
-    #[error("pipe frame: checksum {found:#018x} does not match the body's {computed:#018x}")]
+    #[error("frame: checksum {found:#018x} does not match the body's {computed:#018x}")]
     Checksum { found: u64, computed: u64 },
-    #[error("pipe frame: zstd body does not decompress within {MAX_MESSAGE_BYTES} bytes: {0}")]
+    #[error("frame: zstd body does not decompress within {MAX_MESSAGE_BYTES} bytes: {0}")]
     Decompress(std::io::Error),
-    #[error("pipe frame: the connection ended inside a frame")]
+    #[error("frame: the connection ended inside a frame")]
     Truncated,
-    #[error("pipe frame: {0}")]
+    #[error("frame: {0}")]
     Decode(#[from] prost::DecodeError),
+}
+
+/// Which session a connection carries, named by its preface's magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Replica operations between nodes, on the internode port.
+    Pipe,
+    /// A client's single-key operations, on the client port.
+    Session,
+}
+
+impl Protocol {
+    pub const fn magic(self) -> [u8; 6] {
+        match self {
+            Protocol::Pipe => *b"KVPIPE",
+            Protocol::Session => *b"KVSESS",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Pipe => "an internode pipe",
+            Protocol::Session => "a client session",
+        })
+    }
 }
 
 /// What one side's preface says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Preface {
+    pub protocol: Protocol,
     pub compress: bool,
 }
 
 impl Preface {
     pub fn encode(self) -> [u8; PREFACE_BYTES] {
         let mut out = [0; PREFACE_BYTES];
-        out[..6].copy_from_slice(&PIPE_MAGIC);
+        out[..6].copy_from_slice(&self.protocol.magic());
         out[6] = PIPE_VERSION;
         out[7] = if self.compress { FLAG_ZSTD } else { 0 };
         out
@@ -85,9 +121,10 @@ impl Preface {
 
     pub fn decode(bytes: &[u8; PREFACE_BYTES]) -> Result<Preface, FrameError> {
         let magic: [u8; 6] = bytes[..6].try_into().expect("6 bytes");
-        if magic != PIPE_MAGIC {
-            return Err(FrameError::Magic { found: magic });
-        }
+        let protocol = [Protocol::Pipe, Protocol::Session]
+            .into_iter()
+            .find(|p| p.magic() == magic)
+            .ok_or(FrameError::Magic { found: magic })?;
         if bytes[6] != PIPE_VERSION {
             return Err(FrameError::Version { found: bytes[6] });
         }
@@ -99,6 +136,7 @@ impl Preface {
             });
         }
         Ok(Preface {
+            protocol,
             compress: flags & FLAG_ZSTD != 0,
         })
     }
@@ -129,6 +167,39 @@ pub fn encode_frame(message: &impl prost::Message, compress: bool, out: &mut Vec
     header[..4].copy_from_slice(&(body_bytes as u32).to_le_bytes());
     header[4] = flags;
     header[8..].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// Lets every task that is ready now run before the caller goes on, so that a session's writer
+/// woken by the first of several operations sends the others in the same frame: the caller's
+/// task goes to the back of its worker's run queue. `tokio::task::yield_now` would also wait
+/// for the I/O driver to be polled, an `epoll_wait` per call.
+pub async fn yield_to_ready_tasks() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        // A task that wakes itself while polled is queued behind the tasks already ready.
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Writes the frames gathered in `buf` whole, then empties it, keeping its allocation unless a
+/// large frame grew it past [`WRITE_BUFFER_BYTES_KEPT`].
+pub async fn write_out<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    write.write_all(buf).await?;
+    if buf.capacity() > WRITE_BUFFER_BYTES_KEPT {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+    Ok(())
 }
 
 /// A frame's header, validated.
@@ -193,10 +264,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    pub async fn read_preface(&mut self) -> Result<Preface, FrameError> {
+    /// The peer's preface, which must open a session of `expected`.
+    pub async fn read_preface(&mut self, expected: Protocol) -> Result<Preface, FrameError> {
         let mut bytes = [0; PREFACE_BYTES];
         self.read_exact(&mut bytes).await?;
-        Preface::decode(&bytes)
+        let preface = Preface::decode(&bytes)?;
+        if preface.protocol != expected {
+            return Err(FrameError::Protocol {
+                found: preface.protocol,
+                expected,
+            });
+        }
+        Ok(preface)
     }
 
     /// The next frame's message bytes, or `None` when the peer closed the connection between
@@ -330,14 +409,23 @@ mod tests {
 
     #[test]
     fn prefaces_name_what_is_wrong() {
-        let good = Preface { compress: true };
-        assert_eq!(Preface::decode(&good.encode()).expect("valid"), good);
+        for protocol in [Protocol::Pipe, Protocol::Session] {
+            let good = Preface {
+                protocol,
+                compress: true,
+            };
+            assert_eq!(Preface::decode(&good.encode()).expect("valid"), good);
+            assert_eq!(good.encode()[0], PREFACE_FIRST_BYTE);
+        }
+        let good = Preface {
+            protocol: Protocol::Pipe,
+            compress: true,
+        };
         let mut http2 = *b"PRI * HT";
-        assert!(matches!(
-            Preface::decode(&http2),
-            Err(FrameError::Magic { .. })
-        ));
-        http2[..6].copy_from_slice(&PIPE_MAGIC);
+        let err = Preface::decode(&http2).expect_err("HTTP/2");
+        assert!(matches!(err, FrameError::Magic { .. }), "{err}");
+        assert!(err.to_string().contains("\"PRI * \""), "{err}");
+        http2[..6].copy_from_slice(&Protocol::Pipe.magic());
         let err = Preface::decode(&http2).expect_err("version");
         assert!(err.to_string().contains("version 72"), "{err}");
         let mut flags = good.encode();
@@ -346,6 +434,71 @@ mod tests {
             Preface::decode(&flags),
             Err(FrameError::Flags { .. })
         ));
+    }
+
+    #[test]
+    fn a_preface_for_the_other_port_names_both_protocols() {
+        let session = Preface {
+            protocol: Protocol::Session,
+            compress: false,
+        }
+        .encode();
+        let read = block_on(async {
+            FrameReader::new(&session[..])
+                .read_preface(Protocol::Pipe)
+                .await
+        });
+        let err = read.expect_err("a session on the pipe port");
+        assert!(matches!(err, FrameError::Protocol { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("a client session where an internode pipe was expected"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yielding_lets_the_tasks_that_are_ready_run_first() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let current = tokio::runtime::Builder::new_current_thread().build();
+        let one_worker = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build();
+        for runtime in [current, one_worker] {
+            let runtime = runtime.expect("runtime");
+            let ran_first = runtime.block_on(async {
+                let task = tokio::spawn(async {
+                    let ran = Arc::new(AtomicBool::new(false));
+                    let other = ran.clone();
+                    tokio::spawn(async move { other.store(true, Ordering::SeqCst) });
+                    yield_to_ready_tasks().await;
+                    ran.load(Ordering::SeqCst)
+                });
+                task.await.expect("joined")
+            });
+            assert!(
+                ran_first,
+                "the task ready before the yield ran before it returned"
+            );
+        }
+    }
+
+    #[test]
+    fn write_out_empties_the_buffer_and_gives_back_a_large_one() {
+        let mut sink = Vec::new();
+        let mut buf = vec![7u8; 100];
+        buf.reserve(1000);
+        block_on(write_out(&mut sink, &mut buf)).expect("written");
+        assert_eq!(sink, vec![7u8; 100]);
+        assert!(
+            buf.is_empty() && buf.capacity() >= 1100,
+            "a small buffer is kept"
+        );
+        let mut buf = vec![1u8; WRITE_BUFFER_BYTES_KEPT + 1];
+        block_on(write_out(&mut sink, &mut buf)).expect("written");
+        assert_eq!(sink.len(), 100 + WRITE_BUFFER_BYTES_KEPT + 1);
+        assert_eq!(buf.capacity(), 0, "a large buffer is given back");
     }
 
     /// Delivers `wire` through a pipe that carries at most `chunk` bytes per read.

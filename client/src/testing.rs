@@ -556,6 +556,7 @@ impl FakeNode {
         Ok(pb::PipelineResponse {
             results,
             ring_epoch: self.shared.ring.lock().unwrap().ring_epoch,
+            closed: None,
         })
     }
 

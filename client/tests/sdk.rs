@@ -510,3 +510,32 @@ async fn unary_calls_without_pipelining_or_pipeline() {
     assert!(sessions_opened(&cluster) <= 2);
     assert_eq!(nodes_for(&cluster, "Get", &key(1)).len(), 4);
 }
+
+#[tokio::test]
+async fn a_node_without_framed_sessions_gets_a_grpc_session_and_each_op_once() {
+    // The fake nodes serve gRPC only: a framed session's preface is answered with HTTP/2.
+    let cluster = FakeCluster::start_dcs(&[("dc1", 1)]).await;
+    cluster.create_keyspace(KS, &[("dc1", 1)]);
+    let client = connect(&cluster, "dc1-n1").await;
+    for i in 0..3 {
+        client
+            .put(KS, key(i), "v", WriteOptions::default())
+            .await
+            .unwrap();
+        let value = client.get(KS, key(i), ConsistencyLevel::One).await.unwrap();
+        assert_eq!(value.unwrap().value, "v");
+    }
+    assert_eq!(sessions_opened(&cluster), 1, "one gRPC session, kept");
+    for i in 0..3 {
+        assert_eq!(
+            nodes_for(&cluster, "Put", &key(i)).len(),
+            1,
+            "put {i} ran once"
+        );
+        assert_eq!(
+            nodes_for(&cluster, "Get", &key(i)).len(),
+            1,
+            "get {i} ran once"
+        );
+    }
+}

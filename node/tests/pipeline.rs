@@ -25,6 +25,8 @@ const REQUESTS_MAX: usize = 64;
 struct TestNode {
     running: RunningNode,
     client: KeyValueClient<Channel>,
+    /// The client port, for framed sessions.
+    address: String,
     _dir: tempfile::TempDir,
 }
 
@@ -62,6 +64,7 @@ async fn start() -> TestNode {
     TestNode {
         running,
         client: KeyValueClient::new(channel),
+        address,
         _dir: dir,
     }
 }
@@ -328,6 +331,46 @@ async fn shutdown_ends_open_sessions_with_unavailable() {
     let shutdown = tokio::spawn(node.running.shutdown());
     let status = session.end().await.expect("ended with an error");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::time::timeout(Duration::from_secs(20), shutdown)
+        .await
+        .expect("shutdown completes")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_framed_sessions_with_a_closing_unavailable() {
+    use client::frame::{encode_frame, FrameReader, Preface, Protocol};
+    use tokio::io::AsyncWriteExt;
+
+    let node = start().await;
+    let stream = tokio::net::TcpStream::connect(&node.address).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let preface = Preface {
+        protocol: Protocol::Session,
+        compress: false,
+    };
+    let mut wire = preface.encode().to_vec();
+    let request = pb::PipelineRequest {
+        ops: vec![put(1, key(1), "v")],
+    };
+    encode_frame(&request, false, &mut wire);
+    write.write_all(&wire).await.unwrap();
+    let mut read = FrameReader::new(read);
+    read.read_preface(Protocol::Session).await.unwrap();
+    let answered: pb::PipelineResponse = read.read_message().await.unwrap().expect("an answer");
+    assert_eq!(answered.results.len(), 1);
+    assert!(answered.closed.is_none());
+
+    // The open session must not hold up the node's shutdown, and hears why it ends.
+    let shutdown = tokio::spawn(node.running.shutdown());
+    let last = tokio::time::timeout(Duration::from_secs(10), read.read_message())
+        .await
+        .expect("the session ends in time")
+        .unwrap();
+    let last: pb::PipelineResponse = last.expect("a closing message");
+    let closed = last.closed.expect("the reason");
+    assert_eq!(Code::from_i32(closed.code), Code::Unavailable, "{closed:?}");
     tokio::time::timeout(Duration::from_secs(20), shutdown)
         .await
         .expect("shutdown completes")

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use client::frame::{encode_frame, FrameReader, Preface, FRAME_HEADER_BYTES};
+use client::frame::{encode_frame, FrameReader, Preface, Protocol, FRAME_HEADER_BYTES};
 use client::pb::internode::v1::internode_client::InternodeClient;
 use client::pb::internode::v1::{
     self as ipb, pipe_op::Op, pipe_result::Result as Answer, PipeOp, PipeRequest, PipeWrite,
@@ -21,6 +21,10 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+const PIPE: Preface = Preface {
+    protocol: Protocol::Pipe,
+    compress: false,
+};
 
 /// A pipe spoken by hand: the preface and frames of `client::frame` on a plain connection.
 struct Pipe {
@@ -50,16 +54,16 @@ impl Pipe {
         let (read, mut write) = stream.into_split();
         write.write_all(&preface).await.expect("preface sent");
         let mut read = FrameReader::new(read);
-        let theirs = tokio::time::timeout(TIMEOUT, read.read_preface()).await;
+        let theirs = tokio::time::timeout(TIMEOUT, read.read_preface(Protocol::Pipe)).await;
         assert_eq!(
             theirs.expect("a preface in time").expect("a valid preface"),
-            Preface { compress: false }
+            PIPE
         );
         Pipe { write, read }
     }
 
     async fn open(address: &str, cluster: &str, target: &str, first: Vec<PipeOp>) -> Pipe {
-        let mut pipe = Pipe::connect(address, Preface { compress: false }.encode()).await;
+        let mut pipe = Pipe::connect(address, PIPE.encode()).await;
         pipe.send(PipeRequest {
             sender: Some(ipb::Sender {
                 cluster: cluster.into(),
@@ -264,7 +268,7 @@ async fn a_corrupt_frame_or_preface_ends_the_pipe_with_the_reason_and_writes_not
         "nothing of a corrupt frame is applied"
     );
 
-    let mut future = Preface { compress: false }.encode();
+    let mut future = PIPE.encode();
     future[6] = 9;
     let mut pipe = Pipe::connect(address, future).await;
     let refused = pipe
@@ -272,6 +276,20 @@ async fn a_corrupt_frame_or_preface_ends_the_pipe_with_the_reason_and_writes_not
         .await
         .expect_err("an unknown version is refused");
     refused.assert_is(Code::InvalidArgument, "version 9");
+
+    let session = Preface {
+        protocol: Protocol::Session,
+        compress: false,
+    };
+    let mut pipe = Pipe::connect(address, session.encode()).await;
+    let refused = pipe
+        .answers(1)
+        .await
+        .expect_err("a client session on the internode port is refused");
+    refused.assert_is(
+        Code::InvalidArgument,
+        "a client session where an internode pipe was expected",
+    );
 
     let mut grpc = InternodeClient::connect(format!("http://{address}"))
         .await

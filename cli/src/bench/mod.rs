@@ -98,6 +98,10 @@ pub struct BenchArgs {
     /// compare the two
     #[arg(long, env = "KV_BENCH_NO_PIPELINING")]
     no_pipelining: bool,
+    /// Pipeline sessions as gRPC streams instead of framed connections (ours only), to compare
+    /// the two
+    #[arg(long, env = "KV_BENCH_GRPC_SESSIONS")]
+    grpc_sessions: bool,
 }
 
 /// The replication factor a keyspace created here gets in each DC.
@@ -139,6 +143,7 @@ pub fn run(args: BenchArgs, target: &Target, format: Format) -> anyhow::Result<O
             "runtime_threads": args.runtime_threads,
             "rate": args.rate,
             "pipelining": !args.no_pipelining,
+            "framed_sessions": !args.grpc_sessions,
             "phases": phases,
         })),
     }
@@ -184,7 +189,10 @@ async fn connect(args: &BenchArgs, target: &Target) -> anyhow::Result<Store> {
     match args.store {
         StoreKind::Kv => {
             let client = target
-                .connect_with(|options| options.pipelining = !args.no_pipelining)
+                .connect_with(|options| {
+                    options.pipelining = !args.no_pipelining;
+                    options.framed_sessions = !args.grpc_sessions;
+                })
                 .await?;
             prepare_keyspace(&client, &args.keyspace, args.replication.clone()).await?;
             Ok(Store::Kv {

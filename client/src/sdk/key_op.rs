@@ -94,18 +94,22 @@ impl KeyOp for pb::DeleteRequest {
     }
 }
 
-/// One attempt through the node's pipeline session; unary when the node has no Pipeline.
+/// One attempt through the node's pipeline session; a framed session falls back to a gRPC one
+/// and that to a unary call where the node does not serve them.
 pub(super) async fn pipelined<R: KeyOp>(
     node: Arc<NodeConns>,
     request: R,
     timeout: Option<Duration>,
 ) -> Attempt<R::Response> {
-    if !node.unary_only() {
-        // A clone, because a node without Pipeline gets the request again, unary.
-        let answer = node.session().call(request.clone().into_op()).await;
+    while !node.unary_only() {
+        let session = node.session();
+        // A clone, because a node that refuses the session gets the request again.
+        let answer = session.call(request.clone().into_op()).await;
         match answer.result {
             // Only the session's status can say this: a node's op errors are never statuses.
-            Err(status) if status.code() == Code::Unimplemented => node.set_unary_only(),
+            Err(status) if status.code() == Code::Unimplemented => {
+                node.refused(session.transport())
+            }
             result => {
                 return Attempt {
                     result: result.map_err(Failure::Status).and_then(op_response::<R>),

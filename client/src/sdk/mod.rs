@@ -56,6 +56,11 @@ pub struct ClientOptions {
     /// Send Get, Put and Delete through one Pipeline session per node, many ops per HTTP/2
     /// message, rather than one unary call each; a node without Pipeline gets unary calls.
     pub pipelining: bool,
+    /// Carry pipeline sessions in frames on a TCP connection of their own rather than as a gRPC
+    /// stream (no HTTP/2 work per message on either end). Turn it off when something between
+    /// client and nodes speaks only gRPC (an HTTP/2 proxy); a node that does not serve framed
+    /// sessions gets gRPC ones anyway.
+    pub framed_sessions: bool,
 }
 
 impl ClientOptions {
@@ -69,6 +74,7 @@ impl ClientOptions {
             read_retries: 2,
             down_for: Duration::from_secs(5),
             pipelining: true,
+            framed_sessions: true,
         }
     }
 }
@@ -169,6 +175,7 @@ impl Client {
             options.channels_per_node,
             options.connect_timeout,
             options.down_for,
+            options.framed_sessions,
         );
         let mut errors = Vec::new();
         for address in &options.endpoints {

@@ -1,5 +1,6 @@
 //! Connections: a few HTTP/2 channels per node, made on first use and shared by every request
-//! to that node, so many requests are in flight on each at once.
+//! to that node, so many requests are in flight on each at once, and the node's pipeline
+//! session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::{ClientError, Result};
-use super::pipeline::Session;
+use super::pipeline::{Session, Transport};
 use crate::pb::v1::key_value_client::KeyValueClient;
 use crate::MAX_MESSAGE_BYTES;
 
@@ -23,6 +24,10 @@ pub(crate) struct NodeConns {
     /// The pipeline session single-key calls share, opened on first use and again after it
     /// ends.
     session: Mutex<Option<Arc<Session>>>,
+    connect_timeout: Duration,
+    /// Whether sessions are framed; cleared when the node does not serve framed sessions, so
+    /// its sessions are gRPC streams from then on.
+    framed: AtomicBool,
     /// Set when the node answered UNIMPLEMENTED to Pipeline (a version without it): its
     /// single-key calls go unary from then on.
     unary_only: AtomicBool,
@@ -41,14 +46,19 @@ impl NodeConns {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// The node's pipeline session, opened on one of its channels if none is open.
+    /// The node's pipeline session, opened if none is open.
     pub(crate) fn session(&self) -> Arc<Session> {
         let mut session = self.session.lock().expect("not poisoned");
         match &*session {
             Some(open) if !open.ended() => open.clone(),
-            _ => session
-                .insert(Arc::new(Session::open(self.client())))
-                .clone(),
+            _ => {
+                let opened = if self.framed.load(Ordering::Relaxed) {
+                    Session::open_framed(self.address.clone(), self.connect_timeout)
+                } else {
+                    Session::open_grpc(self.client())
+                };
+                session.insert(Arc::new(opened)).clone()
+            }
         }
     }
 
@@ -56,8 +66,13 @@ impl NodeConns {
         self.unary_only.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_unary_only(&self) {
-        self.unary_only.store(true, Ordering::Relaxed);
+    /// The node answered UNIMPLEMENTED to a session over `transport`: the next is gRPC after a
+    /// framed one, and after a gRPC one single-key calls go unary.
+    pub(crate) fn refused(&self, transport: Transport) {
+        match transport {
+            Transport::Framed => self.framed.store(false, Ordering::Relaxed),
+            Transport::Grpc => self.unary_only.store(true, Ordering::Relaxed),
+        }
     }
 
     /// After a transport failure the node goes to the back of every candidate list until
@@ -83,6 +98,7 @@ pub(crate) struct Pool {
     channels_per_node: usize,
     connect_timeout: Duration,
     down_for: Duration,
+    framed_sessions: bool,
 }
 
 impl Pool {
@@ -90,12 +106,14 @@ impl Pool {
         channels_per_node: usize,
         connect_timeout: Duration,
         down_for: Duration,
+        framed_sessions: bool,
     ) -> Pool {
         Pool {
             nodes: Mutex::new(HashMap::new()),
             channels_per_node: channels_per_node.max(1),
             connect_timeout,
             down_for,
+            framed_sessions,
         }
     }
 
@@ -122,6 +140,8 @@ impl Pool {
             down_until: Mutex::new(None),
             down_for: self.down_for,
             session: Mutex::new(None),
+            connect_timeout: self.connect_timeout,
+            framed: AtomicBool::new(self.framed_sessions),
             unary_only: AtomicBool::new(false),
         });
         nodes.insert(address.to_owned(), node.clone());

@@ -9,7 +9,9 @@ use client::pb::v1 as pb;
 use client::pb::v1::key_value_server::{KeyValue, KeyValueServer};
 use client::KvError;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -27,20 +29,33 @@ const PAGE_SIZE_MAX: u32 = 10_000;
 const REPAIR_PROGRESS_QUEUE: usize = 16;
 
 mod pipeline;
+mod session;
+
+/// Accepted gRPC connections waiting for the gRPC server to take them.
+const GRPC_ACCEPTED_QUEUED: usize = 64;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let client_service = ClientService {
         node,
         stop: stop.clone(),
     };
-    let service = KeyValueServer::new(client_service)
+    let service = KeyValueServer::new(client_service.clone())
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
-    // The builder's tcp_nodelay is ignored for a listener passed in, so it is set on each
-    // accepted socket here: without it Nagle's algorithm meets delayed ACKs and small replies
-    // wait ~40 ms (measured: a quarter of single reads took 44-50 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Framed sessions and gRPC share the port: the accept loop keeps the sessions and hands
+    // the rest on (with TCP_NODELAY set, which the accept loop does for both).
+    let (grpc_tx, grpc_rx) = mpsc::channel(GRPC_ACCEPTED_QUEUED);
+    let session = move |stream, stop| client_service.clone().serve_session(stream, stop);
+    let accept = tokio::spawn(super::accept::accept(
+        "client",
+        listener,
+        grpc_tx,
+        stop.clone(),
+        session,
+    ));
+    let incoming = ReceiverStream::new(grpc_rx).map(Ok::<_, std::io::Error>);
     super::serve_grpc("client", Routes::new(service), incoming, stop).await;
+    let _ = accept.await;
 }
 
 #[derive(Clone)]

@@ -37,11 +37,13 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
     // Pipes and gRPC share the port: the accept loop keeps the pipes and hands the rest on.
     let (grpc_tx, grpc_rx) = mpsc::channel(GRPC_ACCEPTED_QUEUED);
-    let accept = tokio::spawn(super::pipe::serve::accept(
-        node,
+    let pipe = move |stream, stop| super::pipe::serve::serve_connection(node.clone(), stream, stop);
+    let accept = tokio::spawn(super::accept::accept(
+        "internode",
         listener,
         grpc_tx,
         stop.clone(),
+        pipe,
     ));
     let incoming = ReceiverStream::new(grpc_rx).map(Ok::<_, std::io::Error>);
     super::serve_grpc("internode", Routes::new(service), incoming, stop).await;

@@ -2,6 +2,7 @@
 //! handoff, and the gRPC and HTTP services that expose them. [`Node::start`] brings a node up
 //! from its configuration; [`RunningNode::shutdown`] takes it down gracefully.
 
+mod accept;
 mod background;
 mod client_service;
 mod convert;

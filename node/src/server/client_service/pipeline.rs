@@ -1,4 +1,5 @@
-//! The Pipeline rpc: a session of single-key ops over one stream. Each op runs in its own task
+//! Pipeline sessions, as a gRPC stream or framed (`session.rs`): single-key ops over one
+//! stream. Each op runs in its own task
 //! through the same handlers as the unary Get, Put and Delete, so validation, metrics and
 //! timestamps cannot drift apart; results go back in one message per batch of whatever finished
 //! meanwhile, which is what saves the per-call HTTP/2 work.
@@ -10,18 +11,18 @@ use std::task::{ready, Context, Poll};
 
 use client::pb::v1 as pb;
 use client::{KvError, PIPELINE_OPS_MAX};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::mpsc::{self, OwnedPermit};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::ClientService;
 use crate::server::Node;
 
 /// Ops of one session running or answered but not yet sent. At the bound the session stops
-/// reading its stream, so HTTP/2 flow control holds the client back rather than the node
-/// buffering without end.
+/// reading its stream, so flow control (HTTP/2's or TCP's) holds the client back rather than
+/// the node buffering without end.
 const SESSION_OPS_MAX: usize = 4096;
 
 /// Encoded results per response. A single result may be a 16 MiB value, so this leaves room
@@ -33,7 +34,10 @@ type Outstanding = Arc<Mutex<HashSet<u64>>>;
 
 impl ClientService {
     /// Starts reading a session's ops and returns the stream of their results.
-    pub(super) fn open_pipeline(&self, requests: Streaming<pb::PipelineRequest>) -> Responses {
+    pub(super) fn open_pipeline<S>(&self, requests: S) -> Responses
+    where
+        S: Stream<Item = Result<pb::PipelineRequest, Status>> + Send + Unpin + 'static,
+    {
         let (results, receiver) = mpsc::channel(SESSION_OPS_MAX);
         let end = Arc::new(OnceLock::new());
         let service = Arc::new(self.clone());
@@ -47,29 +51,37 @@ impl ClientService {
         }
     }
 
-    /// Starts each op as it arrives, until the client closes its side, the node stops or the
-    /// input breaks a rule. The response stream ends once every started op has answered (each
-    /// holds a sender of `results`), with the status left in `end`.
-    async fn read_session(
+    /// Starts each op as it arrives, until the client closes its side, the stream fails, the
+    /// node stops or the input breaks a rule. The response stream ends once every started op
+    /// has answered (each holds a sender of `results`), with the status left in `end`.
+    async fn read_session<S>(
         self: Arc<Self>,
-        mut requests: Streaming<pb::PipelineRequest>,
+        mut requests: S,
         results: mpsc::Sender<pb::PipelineResult>,
         end: Arc<OnceLock<Status>>,
-    ) {
+    ) where
+        S: Stream<Item = Result<pb::PipelineRequest, Status>> + Unpin,
+    {
         let outstanding = Outstanding::default();
         let mut stop = self.stop.clone();
         loop {
             let message = tokio::select! {
-                message = requests.message() => message,
+                message = requests.next() => message,
                 // A dropped sender means the server is gone too.
                 _ = stop.wait_for(|stopped| *stopped) => {
                     let _ = end.set(Status::unavailable("the node is shutting down"));
                     return;
                 }
             };
-            // A broken client stream has nobody left to answer.
-            let Ok(Some(request)) = message else {
-                return;
+            let request = match message {
+                Some(Ok(request)) => request,
+                None => return,
+                // Said back to the client where it can still hear (a framed session's bad
+                // frame); a broken gRPC stream has nobody left to answer.
+                Some(Err(status)) => {
+                    let _ = end.set(status);
+                    return;
+                }
             };
             if let Err(e) = self.start_ops(request, &results, &outstanding).await {
                 let _ = end.set(self.failed(e).into_status());
@@ -133,6 +145,15 @@ impl ClientService {
     }
 }
 
+/// The last message of a framed session that ends with `status`.
+pub(super) fn closing(node: &Node, status: &Status) -> pb::PipelineResponse {
+    pb::PipelineResponse {
+        results: Vec::new(),
+        ring_epoch: node.members.view().epoch,
+        closed: Some(KvError::from_status(status).into()),
+    }
+}
+
 /// The response side of a session, polled by the connection's task: each message holds every
 /// result ready at that moment.
 pub(super) struct Responses {
@@ -168,6 +189,11 @@ impl Stream for Responses {
 }
 
 impl Responses {
+    /// The last message of a framed session that ends with `status`.
+    pub(super) fn closing(&self, status: &Status) -> pb::PipelineResponse {
+        closing(&self.node, status)
+    }
+
     fn batch(&mut self, first: pb::PipelineResult) -> pb::PipelineResponse {
         let mut bytes = first.encoded_len();
         let mut results = vec![first];
@@ -186,6 +212,7 @@ impl Responses {
         pb::PipelineResponse {
             results,
             ring_epoch: self.node.members.view().epoch,
+            closed: None,
         }
     }
 }

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::frame::{encode_frame, FrameReader, Preface};
+use client::frame::{encode_frame, write_out, FrameReader, Preface, Protocol};
 use client::pb::internode::v1 as ipb;
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -47,8 +46,6 @@ const PIPE_DEAD_PEER_MS: u64 = 15_000;
 const PIPE_KEEPALIVE_IDLE_MS: u64 = 10_000;
 const PIPE_KEEPALIVE_INTERVAL_MS: u64 = 2_000;
 const PIPE_KEEPALIVE_PROBES: u32 = 3;
-/// A write buffer grown past this by one large batch is given back rather than kept.
-const PIPE_WRITE_BUFFER_BYTES_KEPT: usize = 1024 * 1024;
 
 type Answer = Result<ipb::pipe_result::Result, ReplicaError>;
 
@@ -181,7 +178,7 @@ async fn connect(target: &PipeTarget) -> io::Result<TcpStream> {
 
 /// Socket options both ends of a pipe set: no Nagle delay on small frames, and a dead peer
 /// noticed by the kernel instead of by a timer per frame.
-pub(super) fn tune(stream: &TcpStream) -> io::Result<()> {
+pub(in crate::server) fn tune(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let socket = socket2::SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
@@ -221,18 +218,18 @@ async fn send_batches(
     hello: ipb::PipeRequest,
     compress: bool,
 ) -> String {
-    let mut buf = Preface { compress }.encode().to_vec();
+    let preface = Preface {
+        protocol: Protocol::Pipe,
+        compress,
+    };
+    let mut buf = preface.encode().to_vec();
     encode_frame(&hello, compress, &mut buf);
     let mut request = ipb::PipeRequest::default();
     let mut carried = None;
     loop {
-        if let Err(e) = write.write_all(&buf).await {
+        if let Err(e) = write_out(&mut write, &mut buf).await {
             return format!("pipe: sending: {e}");
         }
-        if buf.capacity() > PIPE_WRITE_BUFFER_BYTES_KEPT {
-            buf = Vec::new();
-        }
-        buf.clear();
         let next = match carried.take() {
             Some(queued) => Some(queued),
             None => rx.recv().await,
@@ -240,6 +237,9 @@ async fn send_batches(
         let Some((op, mut bytes)) = next else {
             return "the pipe was dropped".into();
         };
+        // The tasks that are ready to run may queue operations too (a client message's ops
+        // each start one): let them, and send theirs in this frame.
+        client::frame::yield_to_ready_tasks().await;
         request.ops.push(op);
         while request.ops.len() < PIPE_BATCH_OPS_MAX && bytes < PIPE_BATCH_BYTES_SOFT_MAX {
             let Ok((op, op_bytes)) = rx.try_recv() else {
@@ -259,7 +259,7 @@ async fn send_batches(
 
 /// Routes results to their callers until the connection ends; returns why it ended.
 async fn read_results(mut reader: FrameReader<OwnedReadHalf>, state: &Mutex<State>) -> String {
-    if let Err(e) = reader.read_preface().await {
+    if let Err(e) = reader.read_preface(Protocol::Pipe).await {
         return e.to_string();
     }
     loop {

@@ -1,24 +1,25 @@
-//! The serving end of pipes, and the internode port's accept loop, which tells a pipe
-//! connection from a gRPC one by its first byte (`K` of the pipe preface, `P` of HTTP/2's), so
-//! both share one port and a node's advertised addresses stay as they were.
+//! The serving end of pipes, on the internode port beside gRPC (see `server::accept`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::frame::{encode_frame, FrameError, FrameReader, Preface, PIPE_MAGIC};
+use client::frame::{
+    encode_frame, write_out, FrameError, FrameReader, Preface, Protocol, WRITE_BUFFER_BYTES_KEPT,
+};
 use client::pb::internode::v1 as ipb;
 use client::KvError;
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::Code;
 
-use super::{tune, PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX, PIPE_WRITE_BUFFER_BYTES_KEPT};
+use super::{tune, PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX};
 use crate::cluster::digest;
 use crate::lsm::Mutation;
+use crate::server::accept::FIRST_BYTES_TIMEOUT_MS;
 use crate::server::convert::{cell_to_pb, check_key};
 use crate::server::internode_service::{check_sender, check_target};
 use crate::server::replica::from_pb_mutations;
@@ -29,68 +30,18 @@ const PIPE_RESPONSES_QUEUED: usize = 64;
 /// Request frames a pipe's serving end works on at once; past it, it stops reading, and TCP
 /// flow control pushes back on the sender.
 const PIPE_BATCHES_IN_FLIGHT: usize = 32;
-/// A connection that has not said what it is within this long is dropped.
-const FIRST_BYTES_TIMEOUT_MS: u64 = 10_000;
-/// After a failed accept (e.g. out of file descriptors), so the loop does not spin.
-const ACCEPT_RETRY_MS: u64 = 50;
-
-/// Accepts internode connections until `stop` turns: pipes are served here, gRPC connections
-/// handed to `grpc`.
-pub async fn accept(
-    node: Arc<Node>,
-    listener: TcpListener,
-    grpc: mpsc::Sender<TcpStream>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(route(node.clone(), stream, grpc.clone(), stop.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "internode accept failed");
-                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
-            }
-        }
-    }
-}
-
-async fn route(
-    node: Arc<Node>,
-    stream: TcpStream,
-    grpc: mpsc::Sender<TcpStream>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // Without it Nagle's algorithm meets delayed ACKs and small replies wait ~40 ms.
-    if stream.set_nodelay(true).is_err() {
-        return;
-    }
-    let mut first = [0u8; 1];
-    let timeout = Duration::from_millis(FIRST_BYTES_TIMEOUT_MS);
-    let peeked = tokio::select! {
-        peeked = tokio::time::timeout(timeout, stream.peek(&mut first)) => peeked,
-        _ = stop.wait_for(|stopped| *stopped) => return,
-    };
-    let Ok(Ok(1)) = peeked else { return };
-    if first[0] != PIPE_MAGIC[0] {
-        let _ = grpc.send(stream).await;
-    } else if tune(&stream).is_ok() {
-        serve_connection(node, stream, stop).await;
-    }
-}
 
 /// Serves one pipe connection until the peer closes it, it breaks the protocol, or this node
 /// stops; the operations already started are still answered.
-async fn serve_connection(node: Arc<Node>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+pub async fn serve_connection(node: Arc<Node>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    if tune(&stream).is_err() {
+        return;
+    }
     let (read, write) = stream.into_split();
     let mut reader = FrameReader::new(read);
     let timeout = Duration::from_millis(FIRST_BYTES_TIMEOUT_MS);
     let preface = tokio::select! {
-        preface = tokio::time::timeout(timeout, reader.read_preface()) => preface,
+        preface = tokio::time::timeout(timeout, reader.read_preface(Protocol::Pipe)) => preface,
         _ = stop.wait_for(|stopped| *stopped) => return,
     };
     let Ok(preface) = preface else { return };
@@ -185,7 +136,13 @@ async fn write_responses(
     compress: bool,
 ) {
     if write
-        .write_all(&Preface { compress }.encode())
+        .write_all(
+            &Preface {
+                protocol: Protocol::Pipe,
+                compress,
+            }
+            .encode(),
+        )
         .await
         .is_err()
     {
@@ -195,18 +152,14 @@ async fn write_responses(
     while let Some(response) = rx.recv().await {
         let mut last = response.closed.is_some();
         encode_response(response, compress, &mut buf);
-        while !last && buf.len() < PIPE_WRITE_BUFFER_BYTES_KEPT {
+        while !last && buf.len() < WRITE_BUFFER_BYTES_KEPT {
             let Ok(response) = rx.try_recv() else { break };
             last = response.closed.is_some();
             encode_response(response, compress, &mut buf);
         }
-        if write.write_all(&buf).await.is_err() || last {
+        if write_out(&mut write, &mut buf).await.is_err() || last {
             break;
         }
-        if buf.capacity() > PIPE_WRITE_BUFFER_BYTES_KEPT {
-            buf = Vec::new();
-        }
-        buf.clear();
     }
     let _ = write.shutdown().await;
 }
