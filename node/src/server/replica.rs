@@ -269,7 +269,7 @@ impl Node {
                 timeout_ms: timeout.as_millis() as u32,
             });
             request.set_timeout(timeout);
-            let mut client = (self.peers.client(&forwarder.address, Some(&forwarder.dc)))
+            let mut client = (self.peers.client_compressed(&forwarder.address, false))
                 .map_err(|e| ReplicaError::Failed(e.to_string()))?;
             // The way out is delayed here; the forwarder delays each ack on the way back, so
             // acks arriving together are not serialised behind one another's delays.
