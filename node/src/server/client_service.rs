@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use client::frame::Protocol;
 use client::pb::v1 as pb;
 use client::pb::v1::key_value_server::{KeyValue, KeyValueServer};
 use client::KvError;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
+use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -31,9 +30,6 @@ const REPAIR_PROGRESS_QUEUE: usize = 16;
 mod pipeline;
 mod session;
 
-/// Accepted gRPC connections waiting for the gRPC server to take them.
-const GRPC_ACCEPTED_QUEUED: usize = 64;
-
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let client_service = ClientService {
         node,
@@ -42,20 +38,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver
     let service = KeyValueServer::new(client_service.clone())
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
-    // Framed sessions and gRPC share the port: the accept loop keeps the sessions and hands
-    // the rest on (with TCP_NODELAY set, which the accept loop does for both).
-    let (grpc_tx, grpc_rx) = mpsc::channel(GRPC_ACCEPTED_QUEUED);
-    let session = move |stream, stop| client_service.clone().serve_session(stream, stop);
-    let accept = tokio::spawn(super::accept::accept(
-        "client",
-        listener,
-        grpc_tx,
-        stop.clone(),
-        session,
-    ));
-    let incoming = ReceiverStream::new(grpc_rx).map(Ok::<_, std::io::Error>);
-    super::serve_grpc("client", Routes::new(service), incoming, stop).await;
-    let _ = accept.await;
+    // Framed sessions and gRPC share the port; the accept loop sets TCP_NODELAY on both.
+    let session = move |connection, stop| client_service.clone().serve_session(connection, stop);
+    let routes = Routes::new(service);
+    super::accept::serve_shared_port("client", listener, routes, stop, Protocol::Session, session)
+        .await;
 }
 
 #[derive(Clone)]

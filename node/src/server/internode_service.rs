@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use client::frame::Protocol;
 use client::pb::internode::v1 as ipb;
 use client::pb::internode::v1::internode_server::{Internode, InternodeServer};
 use client::KvError;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
@@ -26,28 +26,19 @@ use crate::lsm::Mutation;
 /// Most cells one ReplicaScan returns.
 const SCAN_LIMIT_MAX: u32 = 10_000;
 
-/// Accepted gRPC connections waiting for the gRPC server to take them.
-const GRPC_ACCEPTED_QUEUED: usize = 64;
-
 pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let service = InternodeServer::new(InternodeService { node: node.clone() })
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(client::MAX_MESSAGE_BYTES);
-    // Pipes and gRPC share the port: the accept loop keeps the pipes and hands the rest on.
-    let (grpc_tx, grpc_rx) = mpsc::channel(GRPC_ACCEPTED_QUEUED);
-    let pipe = move |stream, stop| super::pipe::serve::serve_connection(node.clone(), stream, stop);
-    let accept = tokio::spawn(super::accept::accept(
-        "internode",
-        listener,
-        grpc_tx,
-        stop.clone(),
-        pipe,
-    ));
-    let incoming = ReceiverStream::new(grpc_rx).map(Ok::<_, std::io::Error>);
-    super::serve_grpc("internode", Routes::new(service), incoming, stop).await;
-    let _ = accept.await;
+    // Pipes and gRPC share the port.
+    let pipe = move |connection, stop| {
+        super::pipe::serve::serve_connection(node.clone(), connection, stop)
+    };
+    let routes = Routes::new(service);
+    super::accept::serve_shared_port("internode", listener, routes, stop, Protocol::Pipe, pipe)
+        .await;
 }
 
 struct InternodeService {

@@ -189,11 +189,6 @@ impl Stream for Responses {
 }
 
 impl Responses {
-    /// The last message of a framed session that ends with `status`.
-    pub(super) fn closing(&self, status: &Status) -> pb::PipelineResponse {
-        closing(&self.node, status)
-    }
-
     fn batch(&mut self, first: pb::PipelineResult) -> pb::PipelineResponse {
         let mut bytes = first.encoded_len();
         let mut results = vec![first];

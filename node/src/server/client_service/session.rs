@@ -3,8 +3,6 @@
 //! ops run exactly as in a gRPC session; only the transport differs, without the HTTP/2 work
 //! per message on either end (docs/benchmarks.md).
 
-use std::time::Duration;
-
 use client::frame::{
     encode_frame, write_out, FrameError, FrameReader, Preface, Protocol, WRITE_BUFFER_BYTES_KEPT,
 };
@@ -13,29 +11,24 @@ use client::KvError;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::Status;
 
 use super::pipeline::{closing, Responses};
 use super::ClientService;
-use crate::server::accept::FIRST_BYTES_TIMEOUT_MS;
+use crate::server::accept::Framed;
+use crate::server::Node;
 
 impl ClientService {
     /// Serves one framed session until the client closes it, breaks the protocol, or the node
-    /// stops; the ops already started are still answered.
-    pub(super) async fn serve_session(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
-        if crate::server::pipe::tune(&stream).is_err() {
-            return;
-        }
-        let (read, mut write) = stream.into_split();
-        let mut reader = FrameReader::new(read);
-        let timeout = Duration::from_millis(FIRST_BYTES_TIMEOUT_MS);
-        let preface = tokio::select! {
-            preface = tokio::time::timeout(timeout, reader.read_preface(Protocol::Session)) => preface,
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        };
-        let Ok(preface) = preface else { return };
+    /// stops (which the session's reader watches through the service); the ops already started
+    /// are still answered.
+    pub(super) async fn serve_session(self, connection: Framed, _stop: watch::Receiver<bool>) {
+        let Framed {
+            reader,
+            mut write,
+            preface,
+        } = connection;
         let compress = preface.as_ref().is_ok_and(|p| p.compress);
         let ours = Preface {
             protocol: Protocol::Session,
@@ -45,7 +38,10 @@ impl ClientService {
             return;
         }
         match preface {
-            Ok(_) => write_responses(write, self.open_pipeline(requests(reader)), compress).await,
+            Ok(_) => {
+                let responses = self.open_pipeline(requests(reader));
+                write_responses(write, responses, &self.node, compress).await
+            }
             Err(e) => {
                 let mut buf = Vec::new();
                 encode_frame(&closing(&self.node, &refused(e)), compress, &mut buf);
@@ -78,7 +74,7 @@ fn requests(
 /// session; says whether it was the last.
 fn encode(
     response: Result<pb::PipelineResponse, Status>,
-    responses: &Responses,
+    node: &Node,
     compress: bool,
     buf: &mut Vec<u8>,
 ) -> bool {
@@ -88,7 +84,7 @@ fn encode(
             false
         }
         Err(status) => {
-            encode_frame(&responses.closing(&status), compress, buf);
+            encode_frame(&closing(node, &status), compress, buf);
             true
         }
     }
@@ -100,10 +96,15 @@ fn refused(e: FrameError) -> Status {
 
 /// Writes every response as it is ready, then the closing message if the session ended for a
 /// reason, and closes the connection.
-async fn write_responses(mut write: OwnedWriteHalf, mut responses: Responses, compress: bool) {
+async fn write_responses(
+    mut write: OwnedWriteHalf,
+    mut responses: Responses,
+    node: &Node,
+    compress: bool,
+) {
     let mut buf = Vec::new();
     while let Some(response) = responses.next().await {
-        let mut last = encode(response, &responses, compress, &mut buf);
+        let mut last = encode(response, node, compress, &mut buf);
         // Ops that are ready to finish may answer too: let them, and send theirs in the same
         // write (what HTTP/2's connection task did by running after the encoder).
         client::frame::yield_to_ready_tasks().await;
@@ -111,7 +112,7 @@ async fn write_responses(mut write: OwnedWriteHalf, mut responses: Responses, co
             let Some(Some(response)) = responses.next().now_or_never() else {
                 break;
             };
-            last = encode(response, &responses, compress, &mut buf);
+            last = encode(response, node, compress, &mut buf);
         }
         if write_out(&mut write, &mut buf).await.is_err() || last {
             break;

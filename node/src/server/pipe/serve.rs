@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use client::frame::{
     encode_frame, write_out, FrameError, FrameReader, Preface, Protocol, WRITE_BUFFER_BYTES_KEPT,
@@ -12,14 +11,13 @@ use client::KvError;
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::Code;
 
-use super::{tune, PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX};
+use super::{PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX};
 use crate::cluster::digest;
 use crate::lsm::Mutation;
-use crate::server::accept::FIRST_BYTES_TIMEOUT_MS;
+use crate::server::accept::Framed;
 use crate::server::convert::{cell_to_pb, check_key};
 use crate::server::internode_service::{check_sender, check_target};
 use crate::server::replica::from_pb_mutations;
@@ -33,18 +31,12 @@ const PIPE_BATCHES_IN_FLIGHT: usize = 32;
 
 /// Serves one pipe connection until the peer closes it, it breaks the protocol, or this node
 /// stops; the operations already started are still answered.
-pub async fn serve_connection(node: Arc<Node>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
-    if tune(&stream).is_err() {
-        return;
-    }
-    let (read, write) = stream.into_split();
-    let mut reader = FrameReader::new(read);
-    let timeout = Duration::from_millis(FIRST_BYTES_TIMEOUT_MS);
-    let preface = tokio::select! {
-        preface = tokio::time::timeout(timeout, reader.read_preface(Protocol::Pipe)) => preface,
-        _ = stop.wait_for(|stopped| *stopped) => return,
-    };
-    let Ok(preface) = preface else { return };
+pub async fn serve_connection(node: Arc<Node>, connection: Framed, stop: watch::Receiver<bool>) {
+    let Framed {
+        reader,
+        write,
+        preface,
+    } = connection;
     let compress = preface.as_ref().is_ok_and(|p| p.compress);
     let (tx, rx) = mpsc::channel(PIPE_RESPONSES_QUEUED);
     tokio::spawn(write_responses(write, rx, compress));
