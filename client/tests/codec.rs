@@ -137,16 +137,6 @@ fn internode_messages_round_trip() {
         key: Bytes::from_static(b"k"),
         cell: Some(value_cell(5 << 16, b"v")),
     };
-    round_trip(&inode::ForwardWriteRequest {
-        sender: Some(inode::Sender {
-            cluster: "demo".into(),
-            node_id: "dc1-n1".into(),
-        }),
-        keyspace: "app".into(),
-        mutations: vec![mutation.clone()],
-        targets: vec!["dc2-n1".into(), "dc2-n2".into()],
-        timeout_ms: 2_000,
-    });
     round_trip(&inode::HintDeliverRequest {
         sender: None,
         target_node_id: "dc2-n3".into(),
@@ -171,6 +161,15 @@ fn internode_messages_round_trip() {
                 id: 2,
                 keyspace: "app".into(),
                 op: Some(inode::pipe_op::Op::DigestKey(b"k".to_vec().into())),
+            },
+            inode::PipeOp {
+                id: 3,
+                keyspace: "app".into(),
+                op: Some(inode::pipe_op::Op::Forward(inode::PipeForward {
+                    mutations: vec![mutation.clone()],
+                    targets: vec!["dc2-n1".into(), "dc2-n2".into()],
+                    timeout_ms: 2_000,
+                })),
             },
         ],
     });
@@ -298,7 +297,7 @@ fn malformed_bytes_give_errors_not_panics() {
             })
             .collect();
         let _ = InspectResponse::decode(bytes.as_slice());
-        let _ = inode::ForwardWriteRequest::decode(bytes.as_slice());
+        let _ = inode::PipeRequest::decode(bytes.as_slice());
         let _ = inode::GossipAck::decode(bytes.as_slice());
     }
 }

@@ -1,6 +1,7 @@
 //! The internode pipe against a real kv-node, spoken by hand over TCP: who may open one, that
 //! each operation of a batch succeeds or fails on its own, and that a malformed frame or
-//! preface ends the pipe with a reason and writes nothing.
+//! preface ends the pipe with a reason and writes nothing, and that a forward is answered per
+//! target.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use client::pb::internode::v1::{
 };
 use client::pb::v1::key_value_client::KeyValueClient;
 use client::pb::v1::{cell, Cell, ConsistencyLevel};
-use cluster_tests::ops::{create_keyspace, get, KS};
+use cluster_tests::ops::{create_keyspace, get, replica_values, KS};
 use cluster_tests::{Cluster, Node};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -342,5 +343,102 @@ async fn answers_larger_than_a_frame_together_come_back_in_several_frames() {
             panic!("{id}: no value")
         };
         assert_eq!(v.len(), value.len(), "answer {id}");
+    }
+}
+
+fn forward(key: &[u8], value: &str, targets: &[&str], timeout_ms: u32) -> Op {
+    let Op::Write(w) = write(key, value) else {
+        unreachable!("write builds a write")
+    };
+    Op::Forward(ipb::PipeForward {
+        mutations: w.mutations,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        timeout_ms,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_is_answered_per_target_as_each_answers_and_a_bad_one_per_reserved_id() {
+    let cluster = Cluster::up(1, 3).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3)]).await;
+    let forwarder = cluster.node("dc1-n1");
+    let mut pipe = Pipe::open(&forwarder.internode_address, "kv", "dc1-n1", vec![]).await;
+    pipe.answers(0).await.expect("the hello is accepted");
+
+    let paused = cluster.node("dc1-n3").pid.expect("dc1-n3 runs") as i32;
+    // SAFETY: kill(2) with a pid this test started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(paused, libc::SIGSTOP) }, 0);
+    let targets = ["dc1-n1", "dc1-n2", "dc1-n3", "dc9-n9"];
+    pipe.send(PipeRequest {
+        ops: vec![op(10, KS, forward(b"fwd", "v", &targets, 1_000))],
+        ..Default::default()
+    })
+    .await;
+    let mut frames = Vec::new();
+    while frames.iter().map(Vec::len).sum::<usize>() < targets.len() {
+        let next = tokio::time::timeout(TIMEOUT, pipe.read.read_message()).await;
+        let batch: ipb::PipeResponse = next.expect("in time").expect("valid").expect("open");
+        let answers = batch.results.into_iter();
+        frames.push(
+            answers
+                .map(|r| (r.id, r.result.expect("set")))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(paused, libc::SIGCONT) }, 0);
+    let last = frames.pop().expect("answers");
+    assert_eq!(
+        last.len(),
+        1,
+        "the paused target's answer comes alone, last: {last:?}"
+    );
+    assert_eq!(
+        (last[0].0, error_code(&last[0].1)),
+        (12, Some(Code::DeadlineExceeded))
+    );
+    let mut earlier: Vec<_> = frames.into_iter().flatten().collect();
+    earlier.sort_by_key(|(id, _)| *id);
+    assert!(
+        matches!(earlier[0], (10, Answer::Written(_))),
+        "{earlier:?}"
+    );
+    assert!(
+        matches!(earlier[1], (11, Answer::Written(_))),
+        "{earlier:?}"
+    );
+    assert_eq!(
+        (earlier[2].0, error_code(&earlier[2].1)),
+        (13, Some(Code::InvalidArgument))
+    );
+    let held = replica_values(&mut c, "fwd").await;
+    assert_eq!(held.get("dc1-n1"), Some(&Some("v".into())), "{held:?}");
+    assert_eq!(held.get("dc1-n2"), Some(&Some("v".into())), "{held:?}");
+
+    let too_many: Vec<String> = (0..33).map(|i| format!("n{i}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    pipe.send(PipeRequest {
+        ops: vec![
+            op(20, KS, forward(b"twice", "v", &["dc1-n2", "dc1-n2"], 1_000)),
+            op(30, KS, forward(b"many", "v", &too_many, 1_000)),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let answers = pipe.answers(2 + 32).await.expect("answers");
+    let ids: Vec<u64> = answers.iter().map(|(id, _)| *id).collect();
+    let expected: Vec<u64> = (20..22).chain(30..62).collect();
+    assert_eq!(ids, expected, "one answer per id the sender reserved");
+    for (id, answer) in &answers {
+        assert_eq!(
+            error_code(answer),
+            Some(Code::InvalidArgument),
+            "{id}: {answer:?}"
+        );
+    }
+    for key in ["twice", "many"] {
+        let held = replica_values(&mut c, key).await;
+        assert!(held.values().all(Option::is_none), "{key}: {held:?}");
     }
 }

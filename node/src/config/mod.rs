@@ -303,11 +303,10 @@ pub struct Coordinator {
     /// A peer or client timestamp further ahead of local wall time is refused, so one bad
     /// clock cannot drag every node's timestamps into the future.
     pub hlc_max_drift_ms: u64,
-    /// How a write reaches another DC's replicas: true (the default) sends one ForwardWrite per
-    /// DC to a replica there that writes to the others, as Cassandra does, so one copy crosses
-    /// the WAN; false sends it to each of them on its pipe, batched with other operations and
-    /// zstd-compressed, a copy per replica over the WAN at a fraction of the CPU per write
-    /// (docs/benchmarks.md, 2 DCs).
+    /// How a write reaches another DC's replicas: true (the default) forwards it once per DC,
+    /// on the pipe to a replica there that writes to the others, as Cassandra does, so one copy
+    /// crosses the WAN; false sends it to each of them on its pipe, a copy per replica over the
+    /// WAN. Both are batched with other operations and zstd-compressed.
     pub forward_remote_writes: bool,
 }
 

@@ -216,7 +216,8 @@ impl Node {
         }
     }
 
-    /// One ForwardWrite per remote DC, each in a task that reports acks as they stream in.
+    /// One forward per remote DC, on the pipe to a replica there, each in a task that reports
+    /// acks as they come back.
     fn send_forwards(
         self: &Arc<Self>,
         route: &Route,

@@ -4,24 +4,22 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use client::frame::Protocol;
 use client::pb::internode::v1 as ipb;
 use client::pb::internode::v1::internode_server::{Internode, InternodeServer};
 use client::KvError;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use super::convert::{cell_to_pb, digest_from_pb, endpoint_from_pb, endpoint_to_pb};
-use super::replica::{from_pb_mutations, Target};
+use super::replica::from_pb_mutations;
 use super::Node;
 use crate::cluster::gossip::{Ack2, Digest};
-use crate::lsm::Mutation;
 
 /// Most cells one ReplicaScan returns.
 const SCAN_LIMIT_MAX: u32 = 10_000;
@@ -102,7 +100,6 @@ impl InternodeService {
     }
 }
 
-type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::ReplicaAck, Status>> + Send>>;
 type ChunkStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ipb::StreamRangesChunk, Status>> + Send>>;
 
@@ -147,53 +144,6 @@ impl Internode for InternodeService {
             cells,
             exhausted: page.exhausted,
         }))
-    }
-
-    type ForwardWriteStream = AckStream;
-
-    async fn forward_write(
-        &self,
-        request: Request<ipb::ForwardWriteRequest>,
-    ) -> Result<Response<AckStream>, Status> {
-        let r = request.into_inner();
-        self.check_sender(&r.sender)?;
-        let muts: Arc<Vec<Mutation>> = Arc::new(from_pb_mutations(r.mutations).map_err(status)?);
-        let deadline = Instant::now() + Duration::from_millis(r.timeout_ms.into());
-        let view = self.node.members.view();
-        let coordinator_dc = (r.sender.as_ref())
-            .and_then(|s| view.member(&s.node_id))
-            .map(|m| m.dc.clone())
-            .unwrap_or_default();
-        let back = self.node.peers.wan_delay(&coordinator_dc);
-        let (tx, rx) = mpsc::channel(r.targets.len().max(1));
-        for id in r.targets {
-            let target = view.member(&id).map(|m| Target {
-                id: id.clone(),
-                dc: m.dc.clone(),
-                address: m.addresses.internode.clone(),
-            });
-            let (node, tx, muts, ks) = (
-                self.node.clone(),
-                tx.clone(),
-                muts.clone(),
-                r.keyspace.clone(),
-            );
-            tokio::spawn(async move {
-                let error = match target {
-                    None => Some(super::replica::ReplicaError::Failed(format!(
-                        "unknown node {id}"
-                    ))),
-                    Some(t) => node.write_replica(&t, &ks, muts, deadline).await.err(),
-                };
-                let ack = ipb::ReplicaAck {
-                    node_id: id,
-                    error: error.map(|e| e.to_pb()),
-                };
-                tokio::time::sleep(back).await;
-                let _ = tx.send(Ok(ack)).await;
-            });
-        }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn hint_deliver(

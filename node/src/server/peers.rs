@@ -70,25 +70,15 @@ impl Peers {
 
     /// A client for the internode service at `address` (`host:port`) of a node in `dc`
     /// (`None` when unknown, e.g. a seed). Traffic to other DCs is zstd-compressed: WAN
-    /// bandwidth is dear, loopback and LAN CPU is not worth spending.
+    /// bandwidth is dear, loopback and LAN CPU is not worth spending. tonic makes a zstd context
+    /// per message, which costs more than a small message's compression, so the hot path's
+    /// small messages go on pipes instead.
     pub fn client(
         &self,
         address: &str,
         dc: Option<&str>,
     ) -> Result<Internode, tonic::transport::Error> {
-        self.client_compressed(address, dc.is_some_and(|dc| dc != self.dc))
-    }
-
-    /// A client for the internode service at `address`, its messages zstd-compressed or not.
-    /// tonic makes a zstd context for every message it compresses or decompresses, which for a
-    /// message of one write costs more CPU than the write (2026-12-04: context creation and
-    /// the page clearing it causes were half of all samples of a 2-DC insert load), so calls
-    /// of single small messages go uncompressed.
-    pub fn client_compressed(
-        &self,
-        address: &str,
-        compress: bool,
-    ) -> Result<Internode, tonic::transport::Error> {
+        let compress = dc.is_some_and(|dc| dc != self.dc);
         let key = format!("{address}/{compress}");
         if let Some(c) = self.channels.get(&key) {
             return Ok(c.clone());
@@ -155,9 +145,17 @@ impl Peers {
         if delay.is_zero() {
             return request.await;
         }
-        tokio::time::sleep(delay).await;
+        wan_wait(delay).await;
         let out = request.await;
-        tokio::time::sleep(delay).await;
+        wan_wait(delay).await;
         out
+    }
+}
+
+/// Waits a simulated WAN delay; none at all without one, as a zero-length timer still costs a
+/// timer registration and a wake-up.
+pub async fn wan_wait(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client::pb::internode::v1 as ipb;
 use client::pb::v1 as pb;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::convert::{cell_from_pb, cell_to_pb};
 use super::Node;
@@ -61,13 +62,6 @@ fn remaining(deadline: Instant) -> Result<Duration, ReplicaError> {
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
         .ok_or(ReplicaError::Timeout)
-}
-
-fn from_status(s: tonic::Status) -> ReplicaError {
-    match s.code() {
-        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ReplicaError::Timeout,
-        _ => ReplicaError::Failed(format!("{:?}: {}", s.code(), s.message())),
-    }
 }
 
 fn unexpected(answer: ipb::pipe_result::Result) -> ReplicaError {
@@ -246,9 +240,9 @@ impl Node {
         }
     }
 
-    /// Asks a forwarder in another DC to write `muts` to `targets` there; calls `on_ack` with
-    /// each target's outcome as it streams back, and for every target the stream did not
-    /// report (a timeout when the deadline passed first).
+    /// Asks a forwarder in another DC to write `muts` to `targets` there, on its pipe; calls
+    /// `on_ack` with each target's outcome as it comes back (a timeout when the deadline passed
+    /// first).
     pub async fn forward_write(
         self: &Arc<Self>,
         forwarder: &Target,
@@ -258,52 +252,44 @@ impl Node {
         deadline: Instant,
         mut on_ack: impl FnMut(&str, Result<(), ReplicaError>),
     ) {
-        let mut pending: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
-        let result = async {
-            let timeout = remaining(deadline)?;
-            let mut request = tonic::Request::new(ipb::ForwardWriteRequest {
-                sender: self.peers.sender(),
-                keyspace: keyspace.to_owned(),
+        let pipe = self
+            .peers
+            .pipe(&forwarder.address, &forwarder.dc, &forwarder.id);
+        // Delayed on the way out here and on the way back per answer, so answers arriving
+        // together are not serialised behind one another's delays.
+        let delay = self.peers.wan_delay(&forwarder.dc);
+        let sent = async {
+            let op = ipb::pipe_op::Op::Forward(ipb::PipeForward {
                 mutations: to_pb_mutations(&muts),
                 targets: targets.iter().map(|t| t.id.clone()).collect(),
-                timeout_ms: timeout.as_millis() as u32,
+                timeout_ms: remaining(deadline)?.as_millis() as u32,
             });
-            request.set_timeout(timeout);
-            let mut client = (self.peers.client_compressed(&forwarder.address, false))
-                .map_err(|e| ReplicaError::Failed(e.to_string()))?;
-            // The way out is delayed here; the forwarder delays each ack on the way back, so
-            // acks arriving together are not serialised behind one another's delays.
-            tokio::time::sleep(self.peers.wan_delay(&forwarder.dc)).await;
-            let mut stream = client
-                .forward_write(request)
-                .await
-                .map_err(from_status)?
-                .into_inner();
-            while let Some(ack) = stream.message().await.map_err(from_status)? {
-                if let Some(pos) = pending.iter().position(|p| *p == ack.node_id) {
-                    pending.swap_remove(pos);
-                    let outcome = match &ack.error {
-                        None => Ok(()),
-                        Some(e) if e.code == tonic::Code::DeadlineExceeded as i32 => {
-                            Err(ReplicaError::Timeout)
-                        }
-                        Some(e) => Err(ReplicaError::Failed(e.message.clone())),
-                    };
-                    on_ack(&ack.node_id, outcome);
-                }
-            }
-            Ok::<(), ReplicaError>(())
+            super::peers::wan_wait(delay).await;
+            pipe.call_each(keyspace, op, targets.len()).await
         };
-        let unreported = match tokio::time::timeout_at(deadline.into(), result).await {
-            Err(_) => ReplicaError::Timeout,
-            Ok(Err(e)) => {
-                tracing::debug!(forwarder = %forwarder.id, error = %e, "forwarded write failed");
-                e
+        let answers = match tokio::time::timeout_at(deadline.into(), sent).await {
+            Ok(Ok(answers)) => answers,
+            Ok(Err(e)) => return targets.iter().for_each(|t| on_ack(&t.id, Err(e.clone()))),
+            Err(_) => {
+                let timeout = || Err(ReplicaError::Timeout);
+                return targets.iter().for_each(|t| on_ack(&t.id, timeout()));
             }
-            Ok(Ok(())) => ReplicaError::Failed("the forwarder did not report it".into()),
         };
-        for id in pending {
-            on_ack(id, Err(unreported.clone()));
+        let mut acks: FuturesUnordered<_> = (answers.into_iter().zip(targets))
+            .map(|(answer, t)| async move {
+                let answer = tokio::time::timeout_at(deadline.into(), answer).await;
+                super::peers::wan_wait(delay).await;
+                let outcome = match answer {
+                    Err(_) => Err(ReplicaError::Timeout),
+                    Ok(Ok(ipb::pipe_result::Result::Written(_))) => Ok(()),
+                    Ok(Ok(other)) => Err(unexpected(other)),
+                    Ok(Err(e)) => Err(e),
+                };
+                (&t.id, outcome)
+            })
+            .collect();
+        while let Some((id, outcome)) = acks.next().await {
+            on_ack(id, outcome);
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod serve;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,8 @@ use super::replica::ReplicaError;
 pub const PIPE_PENDING_OPS_MAX: usize = 8192;
 /// Most operations per frame, as the protocol allows.
 pub const PIPE_BATCH_OPS_MAX: usize = 4096;
+/// Most targets of one forwarded write: a DC holds at most this many replicas of a key.
+pub const PIPE_FORWARD_TARGETS_MAX: usize = crate::cluster::schema::REPLICATION_FACTOR_MAX as usize;
 /// A batch stops growing past this size; one operation may exceed it alone (up to
 /// [`PIPE_OP_BYTES_MAX`]), so large writes are not split.
 const PIPE_BATCH_BYTES_SOFT_MAX: usize = 1024 * 1024;
@@ -119,21 +122,42 @@ impl Pipe {
 
     /// Sends one operation and waits for its result. The caller bounds the wait.
     pub async fn call(&self, keyspace: &str, op: ipb::pipe_op::Op) -> Answer {
-        let _slot = (self.slots.acquire().await)
-            .map_err(|_| ReplicaError::Failed("the pipe is closed".into()))?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
+        match self.call_each(keyspace, op, 1).await {
+            Ok(mut answers) => answers.pop().expect("one answer").await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one operation that is answered `answers` times (a forward, once per target) and
+    /// returns a future per answer, in the order of the ids `id..id + answers` it reserved.
+    /// Each holds its slot until it is answered or dropped; the caller bounds the waits.
+    pub async fn call_each(
+        &self,
+        keyspace: &str,
+        op: ipb::pipe_op::Op,
+        answers: usize,
+    ) -> Result<Vec<impl Future<Output = Answer> + '_>, ReplicaError> {
+        let closed = || ReplicaError::Failed("the pipe is closed".into());
+        let count = u32::try_from(answers).map_err(|_| closed())?;
+        let mut slots = self.slots.acquire_many(count).await.map_err(|_| closed())?;
+        let id = self.next_id.fetch_add(answers as u64, Ordering::Relaxed);
+        let mut waiting = Vec::with_capacity(answers);
         {
             let mut state = self.state.lock();
             if let Some(reason) = &state.closed {
                 return Err(ReplicaError::Failed(reason.clone()));
             }
-            state.pending.insert(id, tx);
+            for i in 0..answers as u64 {
+                let (tx, rx) = oneshot::channel();
+                state.pending.insert(id + i, tx);
+                let slot = slots.split(1).expect("a slot per answer");
+                let forget = Forget {
+                    state: &self.state,
+                    id: id + i,
+                };
+                waiting.push((rx, slot, forget));
+            }
         }
-        let _forget = Forget {
-            state: &self.state,
-            id,
-        };
         let op = ipb::PipeOp {
             id,
             keyspace: keyspace.to_owned(),
@@ -146,10 +170,14 @@ impl Pipe {
             )));
         }
         if self.queue.send((op, bytes)).await.is_err() {
-            return Err(ReplicaError::Failed("the pipe is closed".into()));
+            return Err(closed());
         }
-        rx.await
-            .unwrap_or_else(|_| Err(ReplicaError::Failed("the pipe closed".into())))
+        let answer = |(rx, slot, forget)| async move {
+            let _held: (_, Forget) = (slot, forget);
+            let answer: Result<Answer, _> = rx.await;
+            answer.unwrap_or_else(|_| Err(ReplicaError::Failed("the pipe closed".into())))
+        };
+        Ok(waiting.into_iter().map(answer).collect())
     }
 }
 

@@ -2,25 +2,31 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use client::frame::{
     encode_frame, write_out, FrameError, FrameReader, Preface, Protocol, WRITE_BUFFER_BYTES_KEPT,
 };
 use client::pb::internode::v1 as ipb;
 use client::KvError;
+use futures_util::future::Either;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::Code;
 
-use super::{PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX};
+use super::{PIPE_BATCH_BYTES_SOFT_MAX, PIPE_BATCH_OPS_MAX, PIPE_FORWARD_TARGETS_MAX};
 use crate::cluster::digest;
 use crate::lsm::Mutation;
 use crate::server::accept::Framed;
 use crate::server::convert::{cell_to_pb, check_key};
 use crate::server::internode_service::{check_sender, check_target};
-use crate::server::replica::from_pb_mutations;
+use crate::server::replica::{from_pb_mutations, Target};
 use crate::server::Node;
 
 /// Response frames a pipe's serving end queues for its connection at most.
@@ -90,13 +96,7 @@ async fn read_requests(
         };
         let (node, tx) = (node.clone(), tx.clone());
         tokio::spawn(async move {
-            let results = run(&node, request.ops).await;
-            let _ = tx
-                .send(ipb::PipeResponse {
-                    results,
-                    closed: None,
-                })
-                .await;
+            answer(&node, request.ops, &tx).await;
             drop(slot);
         });
     }
@@ -176,23 +176,174 @@ fn encode_response(response: ipb::PipeResponse, compress: bool, out: &mut Vec<u8
     encode_frame(&part, compress, out);
 }
 
-/// Runs one frame's operations: its writes to one keyspace as one engine batch, its reads
-/// concurrently (inline when memory answers).
-async fn run(node: &Arc<Node>, ops: Vec<ipb::PipeOp>) -> Vec<ipb::PipeResult> {
-    let mut results = Vec::with_capacity(ops.len());
-    let mut writes: HashMap<String, Vec<(u64, Vec<Mutation>)>> = HashMap::new();
-    let mut reads = Vec::new();
-    for op in ops {
-        match op.op {
-            Some(ipb::pipe_op::Op::Write(w)) => match from_pb_mutations(w.mutations) {
-                Ok(muts) => writes.entry(op.keyspace).or_default().push((op.id, muts)),
-                Err(e) => results.push(error(op.id, e)),
-            },
-            Some(ipb::pipe_op::Op::ReadKey(key)) => reads.push((op.id, op.keyspace, key, false)),
-            Some(ipb::pipe_op::Op::DigestKey(key)) => reads.push((op.id, op.keyspace, key, true)),
-            None => results.push(error(op.id, KvError::invalid_argument("op", "missing"))),
+/// Runs one frame's operations and sends their answers: the frame's own in one response, and
+/// the copies it forwards to other replicas as they come back, those that come back together
+/// in one response.
+async fn answer(node: &Arc<Node>, ops: Vec<ipb::PipeOp>, tx: &mpsc::Sender<ipb::PipeResponse>) {
+    let Work { frame, relays } = Work::sort(node, ops);
+    let relays = (relays.into_iter()).map(|r| Either::Right(relay(node, r).map(|a| vec![a])));
+    let frame = run(node, frame);
+    let mut pending: FuturesUnordered<_> =
+        std::iter::once(Either::Left(frame)).chain(relays).collect();
+    while let Some(mut results) = pending.next().await {
+        while let Some(Some(more)) = pending.next().now_or_never() {
+            results.extend(more);
+        }
+        let response = ipb::PipeResponse {
+            results,
+            closed: None,
+        };
+        if tx.send(response).await.is_err() {
+            return;
         }
     }
+}
+
+/// One frame's operations, sorted by how they run.
+#[derive(Default)]
+struct Work {
+    frame: Frame,
+    /// Forwarded copies for other replicas.
+    relays: Vec<Relay>,
+}
+
+/// What this node answers of a frame itself, together.
+#[derive(Default)]
+struct Frame {
+    /// Answers known before anything runs: operations refused as malformed.
+    answered: Vec<ipb::PipeResult>,
+    /// (id, keyspace, user key, whether a digest is asked)
+    reads: Vec<(u64, String, Bytes, bool)>,
+    /// By keyspace: (id, mutations), forwarded copies for this node included.
+    writes: HashMap<String, Vec<(u64, Vec<Mutation>)>>,
+}
+
+/// A forwarded write's copy for another replica, answered under its own id.
+struct Relay {
+    id: u64,
+    keyspace: String,
+    target: Target,
+    muts: Arc<Vec<Mutation>>,
+    deadline: Instant,
+}
+
+impl Work {
+    fn sort(node: &Node, ops: Vec<ipb::PipeOp>) -> Work {
+        let mut work = Work::default();
+        let frame = &mut work.frame;
+        for op in ops {
+            let (id, keyspace) = (op.id, op.keyspace);
+            match op.op {
+                Some(ipb::pipe_op::Op::Write(w)) => match from_pb_mutations(w.mutations) {
+                    Ok(muts) => frame.write(keyspace, id, muts),
+                    Err(e) => frame.answered.push(error(id, e)),
+                },
+                Some(ipb::pipe_op::Op::ReadKey(key)) => {
+                    frame.reads.push((id, keyspace, key, false))
+                }
+                Some(ipb::pipe_op::Op::DigestKey(key)) => {
+                    frame.reads.push((id, keyspace, key, true))
+                }
+                Some(ipb::pipe_op::Op::Forward(f)) => {
+                    work.relays.extend(frame.forward(node, id, keyspace, f))
+                }
+                None => {
+                    (frame.answered).push(error(id, KvError::invalid_argument("op", "missing")))
+                }
+            }
+        }
+        work
+    }
+}
+
+impl Frame {
+    fn write(&mut self, keyspace: String, id: u64, muts: Vec<Mutation>) {
+        self.writes.entry(keyspace).or_default().push((id, muts));
+    }
+
+    /// A forward's copies: this node's joins the frame's writes, the others are returned as
+    /// relays. A forward refused whole is refused under each id its sender reserved (the first
+    /// 32).
+    fn forward(
+        &mut self,
+        node: &Node,
+        id: u64,
+        keyspace: String,
+        f: ipb::PipeForward,
+    ) -> Vec<Relay> {
+        let ids =
+            (0..f.targets.len().min(PIPE_FORWARD_TARGETS_MAX)).map(|i| id.wrapping_add(i as u64));
+        let muts = match check_forward(&f.targets).and_then(|()| from_pb_mutations(f.mutations)) {
+            Ok(muts) => Arc::new(muts),
+            Err(e) => {
+                self.answered.extend(ids.map(|id| error(id, e.clone())));
+                return Vec::new();
+            }
+        };
+        let deadline = Instant::now() + Duration::from_millis(f.timeout_ms.into());
+        let view = node.members.view();
+        let mut relays = Vec::new();
+        for (id, target) in ids.zip(f.targets) {
+            if target == node.me.0 {
+                self.write(keyspace.clone(), id, muts.to_vec());
+                continue;
+            }
+            let Some(member) = view.member(&target) else {
+                let e = KvError::invalid_argument("targets", format!("no node {target} is known"));
+                self.answered.push(error(id, e));
+                continue;
+            };
+            relays.push(Relay {
+                id,
+                keyspace: keyspace.clone(),
+                target: Target {
+                    dc: member.dc.clone(),
+                    address: member.addresses.internode.clone(),
+                    id: target,
+                },
+                muts: muts.clone(),
+                deadline,
+            });
+        }
+        relays
+    }
+}
+
+/// A forward names 1 to [`PIPE_FORWARD_TARGETS_MAX`] targets, each once: the answers' ids are
+/// derived from the targets' places, so a repeat would answer one id twice.
+fn check_forward(targets: &[String]) -> Result<(), KvError> {
+    if targets.is_empty() || targets.len() > PIPE_FORWARD_TARGETS_MAX {
+        let n = targets.len();
+        let e = format!("{n} targets, outside 1..={PIPE_FORWARD_TARGETS_MAX}");
+        return Err(KvError::invalid_argument("targets", e));
+    }
+    match (1..targets.len()).find(|&i| targets[..i].contains(&targets[i])) {
+        Some(i) => Err(KvError::invalid_argument(
+            format!("targets[{i}]"),
+            format!("{} is named twice", targets[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn relay(node: &Arc<Node>, r: Relay) -> ipb::PipeResult {
+    match node
+        .write_replica(&r.target, &r.keyspace, r.muts, r.deadline)
+        .await
+    {
+        Ok(()) => written(r.id),
+        Err(e) => error(r.id, e),
+    }
+}
+
+/// Runs the frame's own operations: its writes to one keyspace as one engine batch, its reads
+/// concurrently (inline when memory answers).
+async fn run(node: &Arc<Node>, frame: Frame) -> Vec<ipb::PipeResult> {
+    let Frame {
+        answered: mut results,
+        reads,
+        writes,
+    } = frame;
     let reads = reads
         .into_iter()
         .map(|(id, keyspace, key, digest)| read(node, id, keyspace, key, digest));
@@ -211,7 +362,7 @@ async fn read(
     node: &Arc<Node>,
     id: u64,
     keyspace: String,
-    key: bytes::Bytes,
+    key: Bytes,
     want_digest: bool,
 ) -> ipb::PipeResult {
     if let Err(e) = check_key(&key, "read_key") {
@@ -237,10 +388,6 @@ async fn write(
     keyspace: String,
     ops: Vec<(u64, Vec<Mutation>)>,
 ) -> Vec<ipb::PipeResult> {
-    let written = |id| ipb::PipeResult {
-        id,
-        result: Some(ipb::pipe_result::Result::Written(ipb::PipeWritten {})),
-    };
     if ops.len() > 1 {
         let all: Vec<Mutation> = ops.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
         if node.apply_local(&keyspace, all).await.is_ok() {
@@ -255,6 +402,13 @@ async fn write(
         });
     }
     results
+}
+
+fn written(id: u64) -> ipb::PipeResult {
+    ipb::PipeResult {
+        id,
+        result: Some(ipb::pipe_result::Result::Written(ipb::PipeWritten {})),
+    }
 }
 
 fn error(id: u64, e: impl Into<client::pb::v1::Error>) -> ipb::PipeResult {
