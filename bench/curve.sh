@@ -67,6 +67,7 @@ curve() { # store, bench args...
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 cluster=$out/cluster
+warm_memory
 "$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$target/release/kv-node" \
     "${bench_node_settings[@]}" >/dev/null
 trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
@@ -75,6 +76,7 @@ curve ours --target kv --dir "$cluster" --cl QUORUM 2>>"$out/progress.log"
 trap - EXIT
 
 if $peers; then
+    warm_memory
     bench/peers.sh up >/dev/null
     trap 'bench/peers.sh down >/dev/null' EXIT
     curve redis --target redis 2>>"$out/progress.log"

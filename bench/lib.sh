@@ -8,6 +8,24 @@ build_release() {
     kvctl=$target/release/kvctl
 }
 
+# Touches up to 4 GiB of fresh memory (half of what is available at most) and frees it: call
+# right before starting what is measured. On this VM, memory left free for a minute goes cold:
+# its first touch costs about 7 us per 4 KiB page in the kernel (4 GiB took 29 s of system
+# time), so the first run after a pause paid for it and runs right after one another did not.
+# 2026-12-05, 2 DCs x 3 nodes, 100k inserts after 60 s idle: 9.9k/s at 193 us of the nodes' CPU
+# per insert, and 22.6k/s at 80 us in the run right after; 25.6k/s at 68 us after this. 2 GiB
+# was not enough (9.4k/s at 206 us): a run touches about 3 GiB with the page cache.
+warm_memory() {
+    python3 - <<'PY'
+for line in open("/proc/meminfo"):
+    if line.startswith("MemAvailable:"):
+        available = int(line.split()[1]) * 1024
+size = min(4 << 30, available // 2)
+block = b"\x01" * (64 << 20)
+held = [bytearray(block) for _ in range(size // len(block))]
+PY
+}
+
 # What the bench scripts give `kvctl local up`: the node's own 64 MiB memtables (the design
 # document's default), not the 8 MiB that local clusters use to keep many nodes small, which
 # makes every node switch, flush and compact eight times as often as a deployed one.

@@ -27,6 +27,7 @@ build_release
 
 one() { # name, nodes, records
     local name=$1 nodes=$2 records=$3 dir=$out/$1
+    warm_memory
     "$kvctl" local up --dir "$dir" --dcs 1 --nodes-per-dc "$nodes" "${bench_node_settings[@]}" \
         --kv-node "$target/release/kv-node" >/dev/null
     trap '"$kvctl" --dir "'"$dir"'" local down >/dev/null 2>&1 || true' EXIT

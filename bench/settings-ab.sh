@@ -87,6 +87,7 @@ for config in "${configs[@]}"; do
         kv-node=*) node_bin=${config#kv-node=} ;;
         *) settings=(--set "$config") ;;
     esac
+    warm_memory
     "$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$node_bin" \
         "${bench_node_settings[@]}" "${settings[@]}" >/dev/null
     trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT

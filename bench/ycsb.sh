@@ -70,6 +70,7 @@ run_all() { # target, servers pattern, extra bench args...
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 cluster=$out/cluster
+warm_memory
 "$kvctl" local up --dir "$cluster" --dcs "$dcs" --nodes-per-dc 3 "${bench_node_settings[@]}" \
     --kv-node "$target/release/kv-node" >/dev/null
 trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
@@ -80,6 +81,7 @@ run_all kv "kv-node.*$cluster/" --dir "$cluster" --cl "$level" 2>>"$out/progress
 trap - EXIT
 
 if $peers; then
+    warm_memory
     bench/peers.sh up >/dev/null
     trap 'bench/peers.sh down >/dev/null' EXIT
     run_all redis "redis-server" 2>>"$out/progress.log"
