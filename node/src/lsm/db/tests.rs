@@ -478,8 +478,10 @@ fn reopening_a_flushed_database_does_not_pile_up_wal_segments() {
 fn concurrent_writers_and_readers_through_flushes_and_compactions() {
     use std::sync::atomic::{AtomicBool, Ordering};
     const WRITERS: u64 = 3;
-    const KEYS_PER_WRITER: u64 = 200;
-    const ROUNDS: u64 = 40;
+    // Several memtables' worth per round: each key is rewritten in place, and 600 keys filled
+    // the 64 KiB memtable only now and then, so flushes came to 3 or 4 by chance of timing.
+    const KEYS_PER_WRITER: u64 = 800;
+    const ROUNDS: u64 = 10;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
     let db = Arc::new(Db::open(dir.path(), small_opts(clock.clone())).unwrap());
