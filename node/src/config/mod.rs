@@ -373,7 +373,8 @@ impl Default for Gossip {
 pub struct Repair {
     /// Repair the ranges this node is primary for, one at a time, in the background.
     pub enabled: bool,
-    /// Pause between two background range repairs.
+    /// Mean pause between two background range repairs; each is drawn from half to one and a
+    /// half times it.
     pub interval_ms: u64,
     /// Bytes a repair streams (pulled plus pushed) per second; 0 leaves it unthrottled.
     pub throughput_mib_per_sec: u64,

@@ -15,6 +15,7 @@ use client::pb::internode::v1 as ipb;
 use client::pb::v1 as pb;
 use client::KvError;
 use parking_lot::Mutex;
+use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use topology::{NodeIdx, Ring, Token, TokenRange};
 
@@ -48,6 +49,14 @@ impl Repairs {
             )),
         }
     }
+}
+
+/// A pause between background repairs: `interval_ms` scaled by 0.5 + `unit` (`unit` in [0, 1)),
+/// so the mean stays the interval while nodes started together stop repairing at the same
+/// moments: every replica builds a tree for each repair, and three nodes' simultaneous
+/// repairs stalled a 3-node cluster's operations for up to 0.5 s (docs/benchmarks.md).
+fn spread(interval_ms: u64, unit: f64) -> Duration {
+    Duration::from_millis(interval_ms).mul_f64(0.5 + unit.clamp(0.0, 1.0))
 }
 
 /// One range of one keyspace to repair, and the replicas to compare.
@@ -604,13 +613,12 @@ impl Node {
     /// to date with the history (also when background repair is off, for manual repairs).
     pub(super) async fn repair_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let cfg = &self.config.repair;
-        let pause = if cfg.enabled {
-            Duration::from_millis(cfg.interval_ms)
-        } else {
-            HORIZON_REFRESH
-        };
         loop {
             self.update_gc_horizons();
+            let pause = match cfg.enabled {
+                true => spread(cfg.interval_ms, self.rng.lock().gen()),
+                false => HORIZON_REFRESH,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => return,
@@ -674,5 +682,16 @@ mod tests {
         assert_eq!(scan_pieces(r(u128::MAX, 9)), vec![r(u128::MAX, 9)]);
         assert_eq!(scan_pieces(r(9, 3)), vec![r(9, u128::MAX), r(u128::MAX, 3)]);
         assert_eq!(scan_pieces(r(9, 9)), vec![r(9, u128::MAX), r(u128::MAX, 9)]);
+    }
+
+    #[test]
+    fn background_repair_pauses_spread_around_the_interval() {
+        let ms = |unit| spread(60_000, unit).as_millis();
+        assert_eq!((ms(0.0), ms(0.5), ms(0.999)), (30_000, 60_000, 89_940));
+        assert_eq!(
+            (ms(-1.0), ms(7.0)),
+            (30_000, 90_000),
+            "out-of-range draws are clamped"
+        );
     }
 }
