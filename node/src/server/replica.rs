@@ -64,6 +64,14 @@ fn remaining(deadline: Instant) -> Result<Duration, ReplicaError> {
         .ok_or(ReplicaError::Timeout)
 }
 
+/// A replica write's answer: applied, or why not.
+fn written(answer: Result<ipb::pipe_result::Result, ReplicaError>) -> Result<(), ReplicaError> {
+    match answer? {
+        ipb::pipe_result::Result::Written(_) => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
 fn unexpected(answer: ipb::pipe_result::Result) -> ReplicaError {
     ReplicaError::Failed(format!(
         "the replica answered another operation: {answer:?}"
@@ -167,10 +175,7 @@ impl Node {
         let op = ipb::pipe_op::Op::Write(ipb::PipeWrite {
             mutations: to_pb_mutations(&muts),
         });
-        match self.pipe_call(t, keyspace, op, deadline).await? {
-            ipb::pipe_result::Result::Written(_) => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        written(self.pipe_call(t, keyspace, op, deadline).await)
     }
 
     /// One operation on a remote replica through its pipe, within the deadline and the
@@ -267,25 +272,16 @@ impl Node {
             super::peers::wan_wait(delay).await;
             pipe.call_each(keyspace, op, targets.len()).await
         };
-        let answers = match tokio::time::timeout_at(deadline.into(), sent).await {
-            Ok(Ok(answers)) => answers,
-            Ok(Err(e)) => return targets.iter().for_each(|t| on_ack(&t.id, Err(e.clone()))),
-            Err(_) => {
-                let timeout = || Err(ReplicaError::Timeout);
-                return targets.iter().for_each(|t| on_ack(&t.id, timeout()));
-            }
+        let sent = tokio::time::timeout_at(deadline.into(), sent).await;
+        let answers = match sent.unwrap_or(Err(ReplicaError::Timeout)) {
+            Ok(answers) => answers,
+            Err(e) => return targets.iter().for_each(|t| on_ack(&t.id, Err(e.clone()))),
         };
         let mut acks: FuturesUnordered<_> = (answers.into_iter().zip(targets))
             .map(|(answer, t)| async move {
                 let answer = tokio::time::timeout_at(deadline.into(), answer).await;
                 super::peers::wan_wait(delay).await;
-                let outcome = match answer {
-                    Err(_) => Err(ReplicaError::Timeout),
-                    Ok(Ok(ipb::pipe_result::Result::Written(_))) => Ok(()),
-                    Ok(Ok(other)) => Err(unexpected(other)),
-                    Ok(Err(e)) => Err(e),
-                };
-                (&t.id, outcome)
+                (&t.id, written(answer.unwrap_or(Err(ReplicaError::Timeout))))
             })
             .collect();
         while let Some((id, outcome)) = acks.next().await {

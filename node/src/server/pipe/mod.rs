@@ -122,10 +122,8 @@ impl Pipe {
 
     /// Sends one operation and waits for its result. The caller bounds the wait.
     pub async fn call(&self, keyspace: &str, op: ipb::pipe_op::Op) -> Answer {
-        match self.call_each(keyspace, op, 1).await {
-            Ok(mut answers) => answers.pop().expect("one answer").await,
-            Err(e) => Err(e),
-        }
+        let mut answers = self.call_each(keyspace, op, 1).await?;
+        answers.pop().expect("one answer").await
     }
 
     /// Sends one operation that is answered `answers` times (a forward, once per target) and
