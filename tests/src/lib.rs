@@ -545,6 +545,29 @@ impl Cluster {
         wait_until(condition, timeout, what).await;
     }
 
+    /// The sum of every series of metric `name` on `node`'s /metrics page (0 when it has none).
+    pub async fn metric(&self, node: &str, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.node(node).http_address;
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {node}'s HTTP port {address}: {e}"));
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("cannot ask {node} for /metrics: {e}"));
+        let mut page = String::new();
+        stream
+            .read_to_string(&mut page)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read {node}'s /metrics: {e}"));
+        (page.lines())
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The last `lines` lines of `node`'s log.
     pub fn log_tail(&self, node: &str, lines: usize) -> String {
         tail(&self.node(node).log_path(), lines)

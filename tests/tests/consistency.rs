@@ -413,6 +413,48 @@ async fn a_paused_replica_makes_an_all_write_time_out_with_the_acks_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_reads_waiting_on_a_paused_replica_are_answered_by_a_spare() {
+    let cluster = Cluster::up(1, 3).await;
+    let mut c = cluster.client("dc1-n1").await;
+    create_keyspace(&mut c, &[("dc1", 3)]).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("spec{i}")).collect();
+    for k in &keys {
+        put(&mut c, k, k, ConsistencyLevel::All)
+            .await
+            .unwrap_or_else(|e| panic!("put {k} at ALL: {e}"));
+    }
+    let retries_before = cluster
+        .metric("dc1-n1", "kv_speculative_retries_total")
+        .await;
+    let pid = cluster.node("dc1-n3").pid.expect("dc1-n3 runs") as i32;
+    // Paused, not killed: the detector believes it alive for seconds, so reads still ask it
+    // for digests, and only a speculative retry to dc1-n2 answers them within the deadline.
+    // SAFETY: kill(2) with a pid this test started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut reads = Vec::new();
+    for k in &keys {
+        reads.push(get(&mut c, k, ConsistencyLevel::Quorum).await);
+    }
+    let retries = cluster
+        .metric("dc1-n1", "kv_speculative_retries_total")
+        .await
+        - retries_before;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    for (k, read) in keys.iter().zip(reads) {
+        assert_eq!(
+            read,
+            Ok(Some(k.clone())),
+            "{k} read at QUORUM with dc1-n3 paused"
+        );
+    }
+    assert!(
+        retries >= 1.0,
+        "the reads that asked dc1-n3 were retried on dc1-n2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_succeeds_with_only_a_hint_and_the_hint_arrives() {
     let cluster = Cluster::up(1, 2).await;
     let mut c = cluster.client("dc1-n1").await;

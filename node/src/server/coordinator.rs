@@ -11,6 +11,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use topology::{NodeIdx, Token};
 
+use super::latency::Speculation;
 use super::replica::Target;
 use super::route::Route;
 use super::Node;
@@ -315,9 +316,7 @@ impl Node {
             reads.push(read(n, true));
         }
         let mut spares = plan.spare.clone().into_iter();
-        let retry_after = self.latencies.retry_after(route.id(plan.data));
-        let mut retry_at = Some(Instant::now() + retry_after)
-            .filter(|_| self.config.coordinator.speculative_retry);
+        let mut speculation = self.speculation(&route, &plan);
         let mut responses: Vec<(NodeIdx, ReadResponse)> = Vec::new();
         let mut acked = Vec::new();
         loop {
@@ -334,26 +333,27 @@ impl Node {
                 }
                 _ => {}
             }
-            let wake = retry_at.map_or(deadline, |r| r.min(deadline));
+            let wake = speculation.due().map_or(deadline, |r| r.min(deadline));
             let msg = tokio::select! {
                 Some(m) = reads.next() => Some(m),
                 _ = tokio::time::sleep_until(wake.into()) => None,
             };
             match msg {
                 Some((n, Some(r))) => {
+                    speculation.answered(n);
                     tracker.ack(n);
                     acked.push(n);
                     responses.push((n, r));
                 }
                 Some((n, None)) => {
+                    speculation.failed(n);
                     tracker.fail(n);
-                    retry_at = Some(Instant::now());
                 }
                 None if Instant::now() >= deadline => {
                     return Err(route.timeout(&plan.requirement, &acked, false, false));
                 }
                 None => {
-                    retry_at = None;
+                    speculation.asked();
                     if let Some(n) = spares.next() {
                         self.metrics.speculative_retries.add(1);
                         tracker.contact(n);
@@ -365,6 +365,18 @@ impl Node {
         drop(reads);
         self.settle_read(&route, keyspace, &key, responses, deadline)
             .await
+    }
+
+    /// The speculative-retry timer of a read: each contacted replica given its own recent p99;
+    /// none when speculative retry is off.
+    fn speculation(&self, route: &Route, plan: &ReadPlan<NodeIdx>) -> Speculation<NodeIdx> {
+        let waiting = match self.config.coordinator.speculative_retry {
+            true => (plan.contacted())
+                .map(|n| (n, self.latencies.retry_after(route.id(n))))
+                .collect(),
+            false => Vec::new(),
+        };
+        Speculation::new(Instant::now(), waiting)
     }
 
     /// Compares digests with the data response; on a mismatch fetches full data from the
