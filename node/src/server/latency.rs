@@ -77,10 +77,10 @@ impl Latencies {
 
 /// When a read asks one more replica: once a replica it still waits for is slower than its
 /// own recent p99. Timing the whole read against the closest replica's p99 instead retried a
-/// third of all reads on a calm 3-node cluster, and nearly all of them whenever latency rose:
-/// the closest is the coordinator itself, whose p99 is microseconds (so the 2 ms floor), while
-/// a digest from a peer takes a millisecond or two. Those extra reads cost 16% of the nodes'
-/// CPU per YCSB-A operation.
+/// third of all reads at peak load on a 3-node cluster, and in the slowest seconds at half of
+/// it nearly all: the closest is the coordinator itself, whose p99 is microseconds (so the
+/// 2 ms floor), while a digest from a peer takes a millisecond or two. At peak those extra
+/// reads cost 16% of the nodes' CPU per YCSB-A operation.
 pub struct Speculation<N> {
     started: Instant,
     /// Contacted replicas that have not answered, with their thresholds.
