@@ -11,11 +11,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps freed memory before returning it to the OS. Its default (10 ms) made
-/// a busy node give back and fault in again the buffers of every request: page faults were 9%
-/// of a node's CPU under YCSB-A, and the nodes' CPU per operation fell from about 110 to 85 µs
-/// without them (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` in the environment still wins.
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+/// mimalloc's purge delay: -1, never return freed memory to the OS, so the node's RSS stays at
+/// its high-water mark (bounded by the caches, memtables and queues the config sizes), as a
+/// JVM heap or Scylla's memory does. Its default (10 ms) made a busy node give back and fault
+/// in again the buffers of every request (page faults 9% of a node's CPU under YCSB-A); 10 s
+/// still faulted 59.5k pages per 40 s on 3 nodes, and on a VM whose free memory goes back to
+/// the host each 2 MiB huge page faulted in costs milliseconds of zeroing on a request thread:
+/// never purging halved the seconds with a 50 ms operation at half of peak (docs/benchmarks.md).
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = -1;
 /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h). libmimalloc-sys's own
 /// constants follow mimalloc 2's numbering, so the value is named here and used only after
 /// `mi_version` confirms major version 3.
