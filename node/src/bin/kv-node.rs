@@ -11,38 +11,6 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's purge delay: -1, never return freed memory to the OS, so the node's RSS stays at
-/// its high-water mark (bounded by the caches, memtables and queues the config sizes), as a
-/// JVM heap or Scylla's memory does. Its default (10 ms) made a busy node give back and fault
-/// in again the buffers of every request (page faults 9% of a node's CPU under YCSB-A); 10 s
-/// still faulted 59.5k pages per 40 s on 3 nodes, and on a VM whose free memory goes back to
-/// the host each 2 MiB huge page faulted in costs milliseconds of zeroing on a request thread:
-/// never purging halved the seconds with a 50 ms operation at half of peak (docs/benchmarks.md).
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = -1;
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h). libmimalloc-sys's own
-/// constants follow mimalloc 2's numbering, so the value is named here and used only after
-/// `mi_version` confirms major version 3.
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-extern "C" {
-    fn mi_version() -> std::ffi::c_int;
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-fn keep_freed_memory_for_a_while() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: both are plain functions of the linked mimalloc with C integer arguments; setting
-    // an option is allowed at any time.
-    unsafe {
-        if mi_version() / 10_000 == 3 {
-            mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
-        }
-    }
-}
-
 #[derive(Parser)]
 #[command(
     name = "kv-node",
@@ -58,7 +26,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory_for_a_while();
+    node::memory::keep_freed_memory();
     let cli = Cli::parse();
     let config = NodeConfig::load(&cli.node, &|k| std::env::var(k).ok())?;
     if cli.print_config {
@@ -72,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    prefault_memory(&config);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
@@ -82,6 +51,30 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(run(config))
+}
+
+/// Touches the configured heap before serving, at most half of the memory available now: the
+/// budget is the engine's at full, which a small machine may not have to spare.
+fn prefault_memory(config: &NodeConfig) {
+    let wanted = config.memory_prefault_bytes();
+    let limit = node::memory::available_bytes()
+        .map_or(usize::MAX, |b| usize::try_from(b / 2).unwrap_or(usize::MAX));
+    if wanted > limit {
+        tracing::warn!(
+            wanted_mib = wanted >> 20,
+            limit_mib = limit >> 20,
+            "memory_prefault_bytes is more than half the memory available; touching half"
+        );
+    }
+    let bytes = wanted.min(limit);
+    if bytes > 0 {
+        let took = node::memory::prefault(bytes);
+        tracing::info!(
+            mib = bytes >> 20,
+            ms = took.as_millis() as u64,
+            "heap touched at start"
+        );
+    }
 }
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {

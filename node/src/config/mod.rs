@@ -56,6 +56,11 @@ pub struct NodeConfig {
     /// Threads serving requests; 0 is one per core. Nodes sharing a machine each want their
     /// share of its cores, not all of them.
     pub worker_threads: usize,
+    /// Heap the node touches at start and hands to its allocator, which keeps it, so that
+    /// memtables and caches filling up do not fault pages in on request threads. Unset: sized
+    /// from the engine's memtables and caches ([`NodeConfig::memory_prefault_bytes`]); 0 off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_prefault_bytes: Option<ByteSize>,
     pub listen: Listen,
     pub engine: Engine,
     pub coordinator: Coordinator,
@@ -82,6 +87,7 @@ impl Default for NodeConfig {
             replace: None,
             stream_throughput_mib_per_sec: 64,
             worker_threads: 0,
+            memory_prefault_bytes: None,
             listen: Listen::default(),
             engine: Engine::default(),
             coordinator: Coordinator::default(),

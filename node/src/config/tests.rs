@@ -713,3 +713,26 @@ fn phi_config_follows_gossip_settings() {
     assert_eq!(phi.acceptable_pause_ms, 1_500);
     assert_eq!(phi.first_heartbeat_estimate_ms, 200);
 }
+
+#[test]
+fn memory_prefault_follows_the_engine_budget_unless_set() {
+    let defaults = NodeConfig::default();
+    assert_eq!(
+        defaults.memory_prefault_bytes(),
+        (2 * 3 * 64 + 64 + 8 + 64) << 20
+    );
+    let small = NodeConfig::from_toml(
+        "[engine]\nmemtable_bytes = \"8MiB\"\nblock_cache_bytes = \"16MiB\"\nrow_cache_bytes = 0",
+    )
+    .unwrap();
+    assert_eq!(small.memory_prefault_bytes(), (2 * 3 * 8 + 16 + 64) << 20);
+    let off = NodeConfig::from_toml("memory_prefault_bytes = 0").unwrap();
+    assert_eq!(off.memory_prefault_bytes(), 0);
+    let set = NodeConfig::from_toml("memory_prefault_bytes = \"1GiB\"").unwrap();
+    assert_eq!(set.memory_prefault_bytes(), 1 << 30);
+    assert_eq!(NodeConfig::from_toml(&set.to_toml().unwrap()).unwrap(), set);
+    assert!(!defaults
+        .to_toml()
+        .unwrap()
+        .contains("memory_prefault_bytes"));
+}
