@@ -37,7 +37,7 @@ if [ ${#configs[@]} -eq 0 ]; then
     echo "name at least one configuration (a --set assignment, or default)" >&2
     exit 2
 fi
-if [ -n "$memtable" ]; then bench_node_settings=(--set "engine.memtable_bytes=\"$memtable\""); fi
+if [ -n "$memtable" ]; then bench_node_settings=(--set "engine.memtable_bytes=\"$memtable\"" "${bench_prefault[@]}"); fi
 out=${out:-$(mktemp -d -t kv-ab.XXXXXX)}
 mkdir -p "$out"
 build_release

@@ -24,6 +24,9 @@ pub const DEFAULT_PORT_BASE: u16 = 9042;
 
 /// Small memtables keep a cluster of many nodes on one machine within a few hundred MiB.
 const MEMTABLE_BYTES: &str = "8MiB";
+/// No heap touched at start: it would hold 184 MiB per node from the first second (the node's
+/// default for 8 MiB memtables), 1.7 GiB for nine nodes. The bench scripts turn it back on.
+const MEMORY_PREFAULT_BYTES: &str = "0B";
 
 /// Seeds per DC: two, so a DC still finds the cluster when its first node is down.
 const SEEDS_PER_DC: usize = 2;
@@ -159,6 +162,7 @@ struct NodeToml<'a> {
     vnodes: usize,
     initial_tokens: &'a [Token],
     worker_threads: usize,
+    memory_prefault_bytes: &'static str,
     listen: ListenToml,
     engine: EngineToml,
     gossip: GossipToml,
@@ -224,6 +228,7 @@ pub fn node_toml(
         vnodes: node.tokens.len(),
         initial_tokens: &node.tokens,
         worker_threads: worker_threads(spec.dcs * spec.nodes_per_dc),
+        memory_prefault_bytes: MEMORY_PREFAULT_BYTES,
 
         listen: ListenToml {
             client: node.client.to_string(),
@@ -381,6 +386,7 @@ mod tests {
         assert_eq!(value["data_dir"].as_str(), Some("/tmp/c/dc2-n1/data"));
         assert_eq!(value["listen"]["client"].as_str(), Some("127.0.2.1:9042"));
         assert_eq!(value["engine"]["memtable_bytes"].as_str(), Some("8MiB"));
+        assert_eq!(value["memory_prefault_bytes"].as_str(), Some("0B"));
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as i64;
         let share = (cores / 3).max(1);
         assert_eq!(value["worker_threads"].as_integer(), Some(share));
