@@ -22,8 +22,8 @@ const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = -1;
 /// `mi_version` confirms major version 3.
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// Allocations of this size come from mimalloc's regular 512 KiB pages, which go back to the
-/// shared arena when freed, so any thread reuses them; one huge allocation would be a page of
-/// its own and is not carved up for small objects as readily.
+/// shared arena when freed, so any thread reuses them. One 512 MiB allocation instead left the
+/// nodes' RSS growing by 44-104 MiB during a 300k-insert load, against 16-24 MiB this way.
 const PREFAULT_CHUNK_BYTES: usize = 64 << 10;
 
 extern "C" {
