@@ -421,6 +421,22 @@ impl Cluster {
         connect(&self.node(node).client_address).await
     }
 
+    /// Stops `node` with SIGSTOP, like a long GC pause: it keeps its sockets, and the failure
+    /// detector believes it alive for a few seconds. It resumes when the guard is dropped, so a
+    /// failed assertion does not leave it stopped through the teardown's SIGTERM grace.
+    pub fn pause(&self, node: &str) -> Paused {
+        let pid = self
+            .node(node)
+            .pid
+            .unwrap_or_else(|| panic!("{node} is not running"));
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill(2) only reads its two integer arguments.
+        let rc = unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let error = std::io::Error::last_os_error();
+        assert_eq!(rc, 0, "SIGSTOP to {node}: {error}");
+        Paused { pid }
+    }
+
     /// Crashes `node` with SIGKILL.
     pub async fn kill(&self, node: &str) {
         self.local(&["kill", node], Duration::from_secs(10)).await;
@@ -624,6 +640,19 @@ impl Cluster {
                 }
             }
         }
+    }
+}
+
+/// A node stopped by [`Cluster::pause`]; dropping it sends SIGCONT.
+#[must_use = "the node resumes when this is dropped"]
+pub struct Paused {
+    pid: libc::pid_t,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) only reads its two integer arguments.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
     }
 }
 

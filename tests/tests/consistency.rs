@@ -380,14 +380,11 @@ async fn a_paused_replica_makes_an_all_write_time_out_with_the_acks_counted() {
     let cluster = Cluster::up(1, 3).await;
     let mut c = cluster.client("dc1-n1").await;
     create_keyspace(&mut c, &[("dc1", 3)]).await;
-    let pid = cluster.node("dc1-n3").pid.expect("dc1-n3 runs") as i32;
-    // SIGSTOP, like a long GC pause: the detector still believes the node alive for a few
-    // seconds, so the coordinator tries it and waits for the 2 s write timeout.
-    // SAFETY: kill(2) with a pid this test started; no memory is involved.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // Paused: the detector still believes the node alive for a few seconds, so the
+    // coordinator tries it and waits for the 2 s write timeout.
+    let paused = cluster.pause("dc1-n3");
     let result = put(&mut c, "paused", "v", ConsistencyLevel::All).await;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    drop(paused);
     match result {
         Err(KvError::Timeout(t)) => {
             assert_eq!((t.required, t.received), (3, 2), "{t:?}");
@@ -426,11 +423,9 @@ async fn quorum_reads_waiting_on_a_paused_replica_are_answered_by_a_spare() {
     let retries_before = cluster
         .metric("dc1-n1", "kv_speculative_retries_total")
         .await;
-    let pid = cluster.node("dc1-n3").pid.expect("dc1-n3 runs") as i32;
     // Paused, not killed: the detector believes it alive for seconds, so reads still ask it
     // for digests, and only a speculative retry to dc1-n2 answers them within the deadline.
-    // SAFETY: kill(2) with a pid this test started; no memory is involved.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let paused = cluster.pause("dc1-n3");
     let mut reads = Vec::new();
     for k in &keys {
         reads.push(get(&mut c, k, ConsistencyLevel::Quorum).await);
@@ -439,8 +434,7 @@ async fn quorum_reads_waiting_on_a_paused_replica_are_answered_by_a_spare() {
         .metric("dc1-n1", "kv_speculative_retries_total")
         .await
         - retries_before;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    drop(paused);
     for (k, read) in keys.iter().zip(reads) {
         assert_eq!(
             read,

@@ -366,9 +366,7 @@ async fn a_forward_is_answered_per_target_as_each_answers_and_a_bad_one_per_rese
     let mut pipe = Pipe::open(&forwarder.internode_address, "kv", "dc1-n1", vec![]).await;
     pipe.answers(0).await.expect("the hello is accepted");
 
-    let paused = cluster.node("dc1-n3").pid.expect("dc1-n3 runs") as i32;
-    // SAFETY: kill(2) with a pid this test started; no memory is involved.
-    assert_eq!(unsafe { libc::kill(paused, libc::SIGSTOP) }, 0);
+    let paused = cluster.pause("dc1-n3");
     let targets = ["dc1-n1", "dc1-n2", "dc1-n3", "dc9-n9"];
     pipe.send(PipeRequest {
         ops: vec![op(10, KS, forward(b"fwd", "v", &targets, 1_000))],
@@ -386,8 +384,7 @@ async fn a_forward_is_answered_per_target_as_each_answers_and_a_bad_one_per_rese
                 .collect::<Vec<_>>(),
         );
     }
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(paused, libc::SIGCONT) }, 0);
+    drop(paused);
     let last = frames.pop().expect("answers");
     assert_eq!(
         last.len(),
