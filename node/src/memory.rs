@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 /// mimalloc's purge delay: -1, never return freed memory to the OS, so the node's RSS stays at
 /// its high-water mark (bounded by the caches, memtables and queues the config sizes), as a
-/// JVM heap or Scylla's memory does. Its default (10 ms) made a busy node give back and fault
-/// in again the buffers of every request (page faults 9% of a node's CPU under YCSB-A); 10 s
-/// still faulted 59.5k pages per 40 s on 3 nodes; never purging halved the seconds with a
-/// 50 ms operation at half of peak (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` in the
-/// environment still wins.
+/// JVM heap or Scylla's memory does. Its default (1 s in the mimalloc 3 linked here, 10 ms in
+/// mimalloc 2) made a busy node give back and fault in again the buffers of every request
+/// (page faults 9% of a node's CPU under YCSB-A); 10 s still faulted 59.5k pages per 40 s on 3
+/// nodes; never purging halved the seconds with a 50 ms operation at half of peak
+/// (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` in the environment still wins.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = -1;
 /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h). libmimalloc-sys's own
 /// constants follow mimalloc 2's numbering, so the value is named here and used only after
