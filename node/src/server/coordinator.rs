@@ -91,17 +91,15 @@ impl Node {
         let (done_tx, done_rx) = oneshot::channel();
         let node = self.clone();
         let keyspace = keyspace.to_owned();
-        tokio::spawn(async move {
-            node.drive_write(
-                route,
-                plan,
-                keyspace,
-                muts,
-                Instant::now() + timeout,
-                done_tx,
-            )
-            .await
-        });
+        // Boxed for the reason `run_op` is.
+        tokio::spawn(Box::pin(node.drive_write(
+            route,
+            plan,
+            keyspace,
+            muts,
+            Instant::now() + timeout,
+            done_tx,
+        )));
         done_rx.await.unwrap_or_else(|_| {
             Err(KvError::Other {
                 code: tonic::Code::Internal,
@@ -405,6 +403,21 @@ impl Node {
             DigestCheck::Agree => return Ok(first),
             DigestCheck::Disagree { mismatched, .. } => mismatched,
         };
+        // Boxed: inline, the repair's replica calls made every read's future (moved into the
+        // client op's task) several times larger, though few reads repair.
+        Box::pin(self.read_repair(route, keyspace, key, data, mismatched, deadline)).await
+    }
+
+    /// Fetches full data from the replicas whose digests disagreed, resolves, and repairs.
+    async fn read_repair(
+        self: &Arc<Self>,
+        route: &Route,
+        keyspace: &str,
+        key: &Bytes,
+        data: Vec<(NodeIdx, Option<Cell>)>,
+        mismatched: Vec<NodeIdx>,
+        deadline: Instant,
+    ) -> Result<Option<Cell>, KvError> {
         self.metrics.read_repairs.add(1);
         let mut full = vec![data[0].clone()];
         full.extend(

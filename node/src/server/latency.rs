@@ -52,7 +52,7 @@ impl Window {
 
 #[derive(Default)]
 pub struct Latencies {
-    replicas: DashMap<String, Window>,
+    replicas: DashMap<String, Window, foldhash::fast::RandomState>,
 }
 
 impl Latencies {

@@ -1,9 +1,10 @@
 //! What this node knows of the cluster: the gossip state, the failure detector fed by it, and
 //! the immutable [`View`] (ring, schema, members) that requests read without locks held.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use parking_lot::{Mutex, RwLock};
 use topology::{ChangePlan, NodeId, NodeIdx, NodeState, Ring, RingState, Token};
 
@@ -112,7 +113,7 @@ impl Membership {
             state: Mutex::new(state),
             detector: Mutex::new(Detector {
                 phi: FailureDetector::new(phi),
-                ids: HashMap::new(),
+                ids: HashMap::default(),
             }),
             view: RwLock::new(Arc::new(View {
                 ring: None,

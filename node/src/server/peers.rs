@@ -4,6 +4,7 @@
 //! `kvctl demo --wan-latency` asks for.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use client::pb::internode::v1::internode_client::InternodeClient;
 use client::pb::internode::v1::Sender;
 use dashmap::DashMap;
+use futures_util::future::{BoxFuture, Either};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,9 +31,9 @@ pub struct Peers {
     cluster: String,
     me: String,
     dc: String,
-    channels: DashMap<String, Internode>,
+    channels: DashMap<String, Internode, foldhash::fast::RandomState>,
     /// By host id, with the address each pipe was opened to.
-    pipes: DashMap<String, (String, Arc<Pipe>)>,
+    pipes: DashMap<String, (String, Arc<Pipe>), foldhash::fast::RandomState>,
     wan_latency_ms: BTreeMap<String, u64>,
     /// Connections leave from the internode listen address, so a peer (and a firewall rule
     /// cutting DCs apart, on loopback where every address would otherwise send as 127.0.0.1)
@@ -53,8 +55,8 @@ impl Peers {
             cluster: cluster.to_owned(),
             me: me.to_owned(),
             dc: dc.to_owned(),
-            channels: DashMap::new(),
-            pipes: DashMap::new(),
+            channels: DashMap::default(),
+            pipes: DashMap::default(),
             wan_latency_ms,
             local_ip: Some(listen_ip).filter(|ip| !ip.is_unspecified()),
         }
@@ -140,15 +142,25 @@ impl Peers {
 
     /// Runs one request to a node in `dc`, delayed on the way out and on the way back so a
     /// round trip costs twice the configured one-way latency, as a real WAN link would.
-    pub async fn call<T>(&self, dc: &str, request: impl std::future::Future<Output = T>) -> T {
+    ///
+    /// Without a delay the request is returned as it is: an `async fn` holding it across three
+    /// awaits stored it more than once, and every replica call's future (one per replica per
+    /// operation, moved into its task or `FuturesUnordered`) carried those bytes.
+    pub fn call<'a, F>(&self, dc: &str, request: F) -> Either<F, BoxFuture<'a, F::Output>>
+    where
+        F: Future + Send + 'a,
+        F::Output: Send,
+    {
         let delay = self.wan_delay(dc);
         if delay.is_zero() {
-            return request.await;
+            return Either::Left(request);
         }
-        wan_wait(delay).await;
-        let out = request.await;
-        wan_wait(delay).await;
-        out
+        Either::Right(Box::pin(async move {
+            wan_wait(delay).await;
+            let out = request.await;
+            wan_wait(delay).await;
+            out
+        }))
     }
 }
 

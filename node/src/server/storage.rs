@@ -3,12 +3,12 @@
 //! keyspace is one contiguous scan. A keyspace's directory is named after its name and schema
 //! version, so a keyspace dropped and created again starts empty.
 
-use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use parking_lot::RwLock;
 
 use crate::cluster::Schema;
@@ -68,7 +68,7 @@ impl Storage {
         Storage {
             root: root.to_owned(),
             options,
-            keyspaces: RwLock::new(HashMap::new()),
+            keyspaces: RwLock::new(HashMap::default()),
         }
     }
 

@@ -113,7 +113,9 @@ impl ClientService {
                 let reason = format!("{} is the id of an op not yet answered", op.id);
                 return Err(KvError::invalid_argument(format!("ops[{i}].id"), reason));
             }
-            tokio::spawn(self.clone().run_op(op, slot, outstanding.clone()));
+            // Boxed, so the task holds a pointer: tokio copies a task's future whole when it
+            // spawns it and again when it stores the output, each a kilobyte or more here.
+            tokio::spawn(Box::pin(self.clone().run_op(op, slot, outstanding.clone())));
         }
         Ok(())
     }

@@ -6,7 +6,6 @@
 
 pub mod serve;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +15,7 @@ use std::time::Duration;
 
 use client::frame::{encode_frame, write_out, FrameReader, Preface, Protocol};
 use client::pb::internode::v1 as ipb;
+use foldhash::HashMap;
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

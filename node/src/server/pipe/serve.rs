@@ -1,6 +1,5 @@
 //! The serving end of pipes, on the internode port beside gRPC (see `server::accept`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use client::frame::{
 };
 use client::pb::internode::v1 as ipb;
 use client::KvError;
+use foldhash::HashMap;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
