@@ -368,8 +368,10 @@ async fn a_forward_is_answered_per_target_as_each_answers_and_a_bad_one_per_rese
 
     let paused = cluster.pause("dc1-n3");
     let targets = ["dc1-n1", "dc1-n2", "dc1-n3", "dc9-n9"];
+    // Long enough that dc1-n2 answers before it on a loaded machine: at 1 s, with builds
+    // running beside the suite, dc1-n2's answer once came after dc1-n3's deadline.
     pipe.send(PipeRequest {
-        ops: vec![op(10, KS, forward(b"fwd", "v", &targets, 1_000))],
+        ops: vec![op(10, KS, forward(b"fwd", "v", &targets, 3_000))],
         ..Default::default()
     })
     .await;
