@@ -45,6 +45,19 @@ impl KvError {
         })
     }
 
+    /// The same error with an invalid field named from `parent` down (`key` under
+    /// `mutations[3]` becomes `mutations[3].key`): validation of a message's parts names the
+    /// field without formatting its path for every part that passes.
+    pub fn within(self, parent: impl std::fmt::Display) -> Self {
+        match self {
+            KvError::InvalidArgument(mut d) => {
+                d.field = format!("{parent}.{}", d.field);
+                KvError::InvalidArgument(d)
+            }
+            other => other,
+        }
+    }
+
     /// The gRPC code this error travels with.
     pub fn code(&self) -> Code {
         match self {

@@ -90,12 +90,17 @@ impl History {
 #[derive(Clone, Debug)]
 pub struct FailureDetector<N> {
     config: PhiConfig,
+    /// How many standard deviations past the expected arrival phi reaches the threshold.
+    /// Phi rises monotonically with that distance, so liveness is one comparison, not the
+    /// logarithms and exponentials of phi itself: the coordinator asks for every request.
+    threshold_std_devs: f64,
     nodes: BTreeMap<N, History>,
 }
 
 impl<N: Ord + Copy> FailureDetector<N> {
     pub fn new(config: PhiConfig) -> Self {
         FailureDetector {
+            threshold_std_devs: phi_normal_inverse(config.threshold),
             config,
             nodes: BTreeMap::new(),
         }
@@ -124,18 +129,26 @@ impl<N: Ord + Copy> FailureDetector<N> {
 
     /// The suspicion level of `node` at `now_ms`; `None` for a node never heard from.
     pub fn phi(&self, node: N, now_ms: u64) -> Option<f64> {
+        let (late, std_dev) = self.lateness(node, now_ms)?;
+        Some(phi_normal(late / std_dev))
+    }
+
+    /// Whether phi is below the threshold. A node never heard from is not alive: the
+    /// coordinator then hints rather than waits.
+    pub fn is_alive(&self, node: N, now_ms: u64) -> bool {
+        (self.lateness(node, now_ms))
+            .is_some_and(|(late, std_dev)| late < self.threshold_std_devs * std_dev)
+    }
+
+    /// How long past its expected arrival `node`'s next heartbeat is, and the standard
+    /// deviation that is measured in.
+    fn lateness(&self, node: N, now_ms: u64) -> Option<(f64, f64)> {
         let h = self.nodes.get(&node)?;
         let elapsed = now_ms.saturating_sub(h.last_ms) as f64;
         let (mean, std_dev) = h.mean_and_std_dev();
         let std_dev = std_dev.max(self.config.min_std_dev_ms as f64);
         let expected = mean + self.config.acceptable_pause_ms as f64;
-        Some(phi_normal((elapsed - expected) / std_dev))
-    }
-
-    /// A node never heard from is not alive: the coordinator then hints rather than waits.
-    pub fn is_alive(&self, node: N, now_ms: u64) -> bool {
-        self.phi(node, now_ms)
-            .is_some_and(|phi| phi < self.config.threshold)
+        Some((elapsed - expected, std_dev))
     }
 
     /// Drops a node's history: it left, or restarted (a new gossip generation) and its old
@@ -156,6 +169,32 @@ fn phi_normal(y: f64) -> f64 {
     } else {
         g.exp().ln_1p() / LN_10
     }
+}
+
+/// The `y` at which [`phi_normal`] reaches `phi`, by bisection; below it phi is lower. Phi is
+/// above 0 everywhere, so a threshold of 0 or less (or NaN) gives a `y` nothing is below.
+fn phi_normal_inverse(phi: f64) -> f64 {
+    if phi.is_nan() || phi <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    let (mut low, mut high) = (-1.0, 1.0);
+    while phi_normal(low) >= phi {
+        low *= 2.0;
+    }
+    while phi_normal(high) < phi {
+        high *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = (low + high) / 2.0;
+        if mid <= low || mid >= high {
+            break;
+        }
+        match phi_normal(mid) < phi {
+            true => low = mid,
+            false => high = mid,
+        }
+    }
+    high
 }
 
 #[cfg(test)]
@@ -220,6 +259,40 @@ mod tests {
         assert_eq!(mean, 1_000.0);
         fd.forget(1);
         assert_eq!(fd.phi(1, last), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_liveness_is_phi_below_the_threshold(
+            intervals in proptest::collection::vec(1u64..4_000, 0..40),
+            silence_ms in 0u64..60_000,
+            threshold in 0.5f64..20.0,
+        ) {
+            let config = PhiConfig { threshold, ..PhiConfig::default() };
+            let mut fd = FailureDetector::new(config);
+            let mut now = 0;
+            fd.heartbeat(1, now);
+            for i in intervals {
+                now += i;
+                fd.heartbeat(1, now);
+            }
+            let at = now + silence_ms;
+            let phi = fd.phi(1, at).unwrap();
+            // Only at the threshold itself may rounding tell them apart.
+            if (phi - threshold).abs() > 1e-9 {
+                proptest::prop_assert_eq!(fd.is_alive(1, at), phi < threshold);
+            }
+        }
+    }
+
+    #[test]
+    fn the_threshold_inverts_to_its_distance() {
+        for threshold in [0.1, 1.0, 8.0, 16.0, 100.0] {
+            let y = phi_normal_inverse(threshold);
+            assert!(phi_normal(y) >= threshold && phi_normal(y - 1e-9) < threshold);
+        }
+        assert_eq!(phi_normal_inverse(0.0), f64::NEG_INFINITY);
+        assert_eq!(phi_normal_inverse(f64::NAN), f64::NEG_INFINITY);
     }
 
     #[test]

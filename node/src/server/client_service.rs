@@ -220,20 +220,20 @@ impl ClientService {
         let timestamp = self.timestamp(r.timestamp)?;
         let mut writes: Vec<(usize, Bytes, Cell)> = Vec::with_capacity(r.mutations.len());
         for (i, m) in r.mutations.into_iter().enumerate() {
-            let field = format!("mutations[{i}]");
-            check_key(&m.key, &format!("{field}.key"))?;
+            let field = || format!("mutations[{i}]");
+            check_key(&m.key, "key").map_err(|e| e.within(field()))?;
             let cell = match m.op {
                 Some(pb::mutation::Op::Value(v)) => {
-                    check_value(&v, &format!("{field}.value"))?;
+                    check_value(&v, "value").map_err(|e| e.within(field()))?;
                     let mut cell = Cell::value(timestamp, v);
-                    cell.expires_at_ms =
-                        self.expiry(m.ttl_ms.or(r.ttl_ms), &format!("{field}.ttl_ms"))?;
+                    cell.expires_at_ms = (self.expiry(m.ttl_ms.or(r.ttl_ms), "ttl_ms"))
+                        .map_err(|e| e.within(field()))?;
                     cell
                 }
                 Some(pb::mutation::Op::Delete(_)) => Cell::tombstone(timestamp),
                 None => {
                     return Err(KvError::invalid_argument(
-                        field,
+                        field(),
                         "neither value nor delete is set",
                     ))
                 }
@@ -322,7 +322,7 @@ impl ClientService {
                         .member(&t.id)
                         .map(|m| m.rack.clone())
                         .unwrap_or_default(),
-                    node_id: t.id,
+                    node_id: t.id.clone(),
                     outcome: Some(outcome),
                 })
                 .collect();

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use topology::{NodeIdx, Token};
 
 use super::latency::Speculation;
-use super::replica::Target;
+use super::replica::{ReplicaRead, Target, Timer};
 use super::route::Route;
 use super::Node;
 use crate::cluster::{
@@ -28,31 +28,18 @@ impl Node {
     }
 
     pub fn route_token(&self, keyspace: &str, token: Token) -> Result<Route, KvError> {
-        Route::new(
-            self.members.view(),
-            keyspace,
-            token,
-            &self.me.0,
-            &self.config.dc,
-        )
+        Route::new(self.members.view(), keyspace, token, &self.config.dc)
     }
 
     pub fn target(&self, route: &Route, n: NodeIdx) -> Target {
-        let node = route.node(n);
-        Target {
-            id: node.id.0.clone(),
-            dc: node.dc.clone(),
-            address: node.address.clone(),
-        }
+        route.view.targets[n.index()].clone()
     }
 
-    /// The liveness of the route's replicas, judged once per request: a check takes the failure
-    /// detector's lock, reads the clock and computes phi (about 450 instructions), and building
-    /// a plan asks about each replica two or three times.
+    /// The liveness of the route's replicas, judged once per request and together: a check
+    /// takes the failure detector's lock and reads the clock, and building a plan asks about
+    /// each replica two or three times.
     fn alive_fn<'a>(&'a self, route: &'a Route) -> impl Fn(NodeIdx) -> bool + 'a {
-        let judged: Vec<(NodeIdx, bool)> = (route.layout.replicas())
-            .map(|n| (n, self.members.is_alive(route.id(n))))
-            .collect();
+        let judged = (self.members).judge(route.layout.replicas().map(|n| (n, route.id(n))));
         move |n| match judged.iter().find(|&&(m, _)| m == n) {
             Some(&(_, alive)) => alive,
             None => self.members.is_alive(route.id(n)),
@@ -155,7 +142,13 @@ impl Node {
         let mut local: FuturesUnordered<_> = (plan.local.iter().chain(direct))
             .map(|&n| {
                 let (target, muts, ks) = (self.target(&route, n), muts.clone(), &keyspace);
-                async move { (n, node.write_replica(&target, ks, muts, deadline).await) }
+                async move {
+                    let timer = Timer::Callers;
+                    (
+                        n,
+                        (node.write_replica_with(&target, ks, muts, deadline, timer)).await,
+                    )
+                }
             })
             .collect();
         let (tx, mut rx) = mpsc::channel::<(NodeIdx, bool)>(contacted.len().max(1));
@@ -172,6 +165,9 @@ impl Node {
         }
         let mut acked = Vec::new();
         let mut answered = 0;
+        // One timer for the whole write: the replica calls above have none of their own.
+        let expiry = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(expiry);
         loop {
             if let Some(result) = settled(&tracker) {
                 if let Some(d) = done.take() {
@@ -184,7 +180,7 @@ impl Node {
             let msg = tokio::select! {
                 Some((n, outcome)) = local.next() => Some((n, counted(outcome))),
                 Some((n, ok)) = rx.recv() => Some((n, Some(ok))),
-                _ = tokio::time::sleep_until(deadline.into()) => None,
+                _ = &mut expiry => None,
             };
             let Some((n, ok)) = msg else { break };
             answered += 1;
@@ -199,6 +195,7 @@ impl Node {
                 None => {}
             }
         }
+        drop(local);
         let missed: Vec<NodeIdx> = (contacted.iter().copied())
             .filter(|n| !acked.contains(n))
             .collect();
@@ -302,9 +299,14 @@ impl Node {
         // Awaited here, not in tasks: once the level is met the rest are dropped, and the
         // pipe forgets them.
         let read = |n: NodeIdx, want_digest: bool| {
-            let (target, key) = (self.target(&route, n), &key);
+            let target = self.target(&route, n);
+            let read = ReplicaRead {
+                key: &key,
+                want_digest,
+                deadline,
+            };
             async move {
-                let r = (self.read_replica(&target, keyspace, key, want_digest, deadline)).await;
+                let r = (self.read_replica_with(&target, keyspace, read, Timer::Callers)).await;
                 (n, r.ok())
             }
         };
@@ -317,6 +319,10 @@ impl Node {
         let mut speculation = self.speculation(&route, &plan);
         let mut responses: Vec<(NodeIdx, ReadResponse)> = Vec::new();
         let mut acked = Vec::new();
+        // One timer for the whole read, set to the next speculative retry or the deadline,
+        // whichever comes first: the replica reads have none of their own.
+        let wake = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(wake);
         loop {
             let has_data = responses
                 .iter()
@@ -331,10 +337,15 @@ impl Node {
                 }
                 _ => {}
             }
-            let wake = speculation.due().map_or(deadline, |r| r.min(deadline));
+            let due: tokio::time::Instant = (speculation.due())
+                .map_or(deadline, |r| r.min(deadline))
+                .into();
+            if wake.deadline() != due {
+                wake.as_mut().reset(due);
+            }
             let msg = tokio::select! {
                 Some(m) = reads.next() => Some(m),
-                _ = tokio::time::sleep_until(wake.into()) => None,
+                _ = &mut wake => None,
             };
             match msg {
                 Some((n, Some(r))) => {

@@ -11,6 +11,7 @@ use topology::{ChangePlan, NodeId, NodeIdx, NodeState, Ring, RingState, Token};
 use crate::cluster::gossip::{Ack, Ack2, Addresses, Digest, EndpointState, Location};
 use crate::cluster::{FailureDetector, GossipState, Hlc, MergeReport, PhiConfig, Schema};
 use crate::lsm::Clock;
+use crate::server::replica::Target;
 
 /// One member as gossip describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,11 @@ pub struct View {
     pub epoch: u64,
     pub schema: Schema,
     pub members: BTreeMap<NodeId, Member>,
+    /// The ring's nodes as replica targets, by [`NodeIdx`]: built with the ring, so requests
+    /// share them instead of copying their names and addresses.
+    pub targets: Arc<[Target]>,
+    /// This node's place in the ring, when it has one.
+    pub me: Option<NodeIdx>,
     /// While nodes are JOINING or LEAVING: what moves, and so which nodes must take writes
     /// for ranges they do not own yet.
     pub pending: Option<Arc<ChangePlan>>,
@@ -121,6 +127,8 @@ impl Membership {
                 epoch: 0,
                 schema: Schema::default(),
                 members: BTreeMap::new(),
+                targets: Arc::new([]),
+                me: None,
                 pending: None,
             })),
             rebuild: Mutex::new(()),
@@ -140,12 +148,20 @@ impl Membership {
     /// Whether requests should go to `node`: this node always; others while the failure
     /// detector has heard from them recently enough.
     pub fn is_alive(&self, node: &str) -> bool {
-        if node == self.me.0 {
-            return true;
-        }
+        self.judge(std::iter::once(((), node)))[0].1
+    }
+
+    /// [`Membership::is_alive`] of each node, under one lock and one clock read.
+    pub fn judge<'a, K>(&self, nodes: impl Iterator<Item = (K, &'a str)>) -> Vec<(K, bool)> {
         let now = self.now_ms();
         let d = self.detector.lock();
-        (d.ids.get(node)).is_some_and(|&i| d.phi.is_alive(i, now))
+        nodes
+            .map(|(k, node)| {
+                let alive =
+                    node == self.me.0 || (d.ids.get(node)).is_some_and(|&i| d.phi.is_alive(i, now));
+                (k, alive)
+            })
+            .collect()
     }
 
     /// The suspicion level of a peer, for status displays.
@@ -336,12 +352,20 @@ impl Membership {
                 }
             }
         };
+        let targets = match (&ring, reuse) {
+            (_, true) => current.targets.clone(),
+            (Some(ring), false) => ring.nodes().iter().map(Target::of).collect(),
+            (None, false) => Arc::new([]),
+        };
+        let me = ring.as_ref().and_then(|r| r.find(&self.me.0));
         *self.view.write() = Arc::new(View {
+            me,
             ring,
             ring_error,
             epoch,
             schema,
             members,
+            targets,
             pending,
         });
     }

@@ -21,14 +21,8 @@ pub struct Route {
 }
 
 impl Route {
-    /// The replicas of `token` in `keyspace`, coordinated by `me` in `dc`.
-    pub fn new(
-        view: Arc<View>,
-        keyspace: &str,
-        token: Token,
-        me: &str,
-        dc: &str,
-    ) -> Result<Route, KvError> {
+    /// The replicas of `token` in `keyspace`, coordinated by this node (`view.me`) in `dc`.
+    pub fn new(view: Arc<View>, keyspace: &str, token: Token, dc: &str) -> Result<Route, KvError> {
         let ring = view.ring.as_ref().ok_or_else(|| KvError::Other {
             code: tonic::Code::Unavailable,
             message: format!(
@@ -45,7 +39,7 @@ impl Route {
         })?;
         let set = placement.replicas(token);
         let layout = ReplicaLayout::from_ring(&placement, &set);
-        let me_idx = ring.find(me);
+        let me_idx = view.me;
         let first = layout.replicas().next();
         let node = me_idx.or(first).ok_or_else(|| KvError::Other {
             code: tonic::Code::Unavailable,

@@ -219,11 +219,8 @@ impl Node {
 
     fn target_of(&self, id: &str) -> Option<Target> {
         let view = self.members.view();
-        view.member(id).map(|m| Target {
-            id: id.to_owned(),
-            dc: m.dc.clone(),
-            address: m.addresses.internode.clone(),
-        })
+        (view.member(id))
+            .map(|m| Target::new(id.to_owned(), m.dc.clone(), m.addresses.internode.clone()))
     }
 
     /// Pulls from the planned source, or range by range from any other live replica when the

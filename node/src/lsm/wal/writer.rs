@@ -212,9 +212,10 @@ impl Wal {
         if mutations.is_empty() {
             return Ok(());
         }
-        let mut record = Vec::with_capacity(record_bytes_estimate(mutations));
-        encode_record(seq, mutations, &mut record)?;
-        self.inner.commit(&record)
+        self.inner
+            .commit(record_bytes_estimate(mutations), |queued| {
+                encode_record(seq, mutations, queued)
+            })
     }
 
     /// Syncs and closes the current segment and starts `new_segment_id`. The old segment is cut
@@ -336,7 +337,15 @@ impl Inner {
         self.segment.read().clone()
     }
 
-    fn commit(&self, record: &[u8]) -> Result<()> {
+    /// Queues the record `encode` appends (about `record_bytes` long) and returns once its
+    /// group is written. It is encoded straight into the queue, under the lock: a record is
+    /// mostly values of a kilobyte or more, and encoding it apart first cost an allocation and
+    /// a copy of every value per append.
+    fn commit(
+        &self,
+        record_bytes: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
         let mut q = self.queue.lock();
         while q.queued.len() >= QUEUED_BYTES_MAX && q.failure.is_none() {
             self.queue_room.wait(&mut q);
@@ -344,7 +353,8 @@ impl Inner {
         if let Some(failure) = &q.failure {
             return Err(failed_earlier(failure));
         }
-        q.queued.extend_from_slice(record);
+        q.queued.reserve(record_bytes);
+        encode(&mut q.queued)?;
         q.tickets_issued += 1;
         let ticket = q.tickets_issued;
         loop {

@@ -82,11 +82,22 @@ pub struct PipeTarget {
     pub node_id: String,
 }
 
-/// Removes a caller's pending entry when it stops waiting (answered, timed out or dropped), so
-/// abandoned operations do not hold slots until the peer answers.
+/// Removes a caller's pending entry when it stops waiting (timed out or dropped), so abandoned
+/// operations do not hold slots until the peer answers. An answered entry is gone already.
 struct Forget<'a> {
     state: &'a Mutex<State>,
     id: u64,
+}
+
+impl Forget<'_> {
+    /// Waits for the answer; an answer delivered leaves nothing to forget.
+    async fn answer(self, rx: oneshot::Receiver<Answer>) -> Answer {
+        let answer = rx.await;
+        if answer.is_ok() {
+            std::mem::forget(self);
+        }
+        answer.unwrap_or_else(|_| Err(ReplicaError::Failed("the pipe closed".into())))
+    }
 }
 
 impl Drop for Forget<'_> {
@@ -120,22 +131,37 @@ impl Pipe {
         self.state.lock().closed.is_some()
     }
 
-    /// Sends one operation and waits for its result. The caller bounds the wait.
+    /// Sends one operation and waits for its result. The caller bounds the wait. The same as
+    /// [`Pipe::call_each`] with one answer, without its two vectors: every replica read and
+    /// write of a coordinator comes this way.
     pub async fn call(&self, keyspace: &str, op: ipb::pipe_op::Op) -> Answer {
-        let mut answers = self.call_each(keyspace, op, 1).await?;
-        answers.pop().expect("one answer").await
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.state.lock();
+            if let Some(reason) = &state.closed {
+                return Err(ReplicaError::Failed(reason.clone()));
+            }
+            state.pending.insert(id, tx);
+        }
+        let forget = Forget {
+            state: &self.state,
+            id,
+        };
+        self.send(id, keyspace, op).await?;
+        forget.answer(rx).await
     }
 
     /// Sends one operation that is answered `answers` times (a forward, once per target) and
     /// returns a future per answer, in the order of the ids `id..id + answers` it reserved.
     /// Each holds its slot until it is answered or dropped; the caller bounds the waits.
-    pub async fn call_each(
-        &self,
+    pub async fn call_each<'a>(
+        &'a self,
         keyspace: &str,
         op: ipb::pipe_op::Op,
         answers: usize,
-    ) -> Result<Vec<impl Future<Output = Answer> + '_>, ReplicaError> {
-        let closed = || ReplicaError::Failed("the pipe is closed".into());
+    ) -> Result<Vec<impl Future<Output = Answer> + 'a>, ReplicaError> {
         let count = u32::try_from(answers).map_err(|_| closed())?;
         let mut slots = self.slots.acquire_many(count).await.map_err(|_| closed())?;
         let id = self.next_id.fetch_add(answers as u64, Ordering::Relaxed);
@@ -156,6 +182,21 @@ impl Pipe {
                 waiting.push((rx, slot, forget));
             }
         }
+        self.send(id, keyspace, op).await?;
+        let answer = |(rx, slot, forget): (_, _, Forget<'a>)| async move {
+            let _slot = slot;
+            forget.answer(rx).await
+        };
+        Ok(waiting.into_iter().map(answer).collect())
+    }
+
+    /// Queues operation `id` for the connection's next frame.
+    async fn send(
+        &self,
+        id: u64,
+        keyspace: &str,
+        op: ipb::pipe_op::Op,
+    ) -> Result<(), ReplicaError> {
         let op = ipb::PipeOp {
             id,
             keyspace: keyspace.to_owned(),
@@ -167,16 +208,12 @@ impl Pipe {
                 "a replica operation of {bytes} bytes is over the pipe's {PIPE_OP_BYTES_MAX}-byte limit"
             )));
         }
-        if self.queue.send((op, bytes)).await.is_err() {
-            return Err(closed());
-        }
-        let answer = |(rx, slot, forget)| async move {
-            let _held: (_, Forget) = (slot, forget);
-            let answer: Result<Answer, _> = rx.await;
-            answer.unwrap_or_else(|_| Err(ReplicaError::Failed("the pipe closed".into())))
-        };
-        Ok(waiting.into_iter().map(answer).collect())
+        self.queue.send((op, bytes)).await.map_err(|_| closed())
     }
+}
+
+fn closed() -> ReplicaError {
+    ReplicaError::Failed("the pipe is closed".into())
 }
 
 async fn connect(target: &PipeTarget) -> io::Result<TcpStream> {

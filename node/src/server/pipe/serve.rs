@@ -296,11 +296,11 @@ impl Frame {
             relays.push(Relay {
                 id,
                 keyspace: keyspace.clone(),
-                target: Target {
-                    dc: member.dc.clone(),
-                    address: member.addresses.internode.clone(),
-                    id: target,
-                },
+                target: Target::new(
+                    target,
+                    member.dc.clone(),
+                    member.addresses.internode.clone(),
+                ),
                 muts: muts.clone(),
                 deadline,
             });

@@ -125,12 +125,7 @@ fn clip(ring_range: TokenRange, wanted: Option<TokenRange>) -> Vec<TokenRange> {
 }
 
 fn target_of(ring: &Ring, n: NodeIdx) -> Target {
-    let node = ring.node(n);
-    Target {
-        id: node.id.0.clone(),
-        dc: node.dc.clone(),
-        address: node.address.clone(),
-    }
+    Target::of(ring.node(n))
 }
 
 fn unavailable(message: String) -> KvError {
