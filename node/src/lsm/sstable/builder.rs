@@ -68,6 +68,7 @@ impl TableBuilder {
                 offset: 0,
                 compressor,
                 scratch: Vec::new(),
+                probe: CompressionProbe::default(),
             },
             block_bytes: opts.block_bytes,
             data: BlockBuilder::new(),
@@ -167,7 +168,7 @@ impl TableBuilder {
     }
 
     fn flush_data_block(&mut self) -> Result<()> {
-        let handle = self.writer.write(self.data.finish(), true)?;
+        let handle = self.writer.write_data(self.data.finish())?;
         self.data.reset();
         self.pending_handle = Some(handle);
         Ok(())
@@ -197,6 +198,40 @@ struct BlockWriter {
     offset: u64,
     compressor: Codec,
     scratch: Vec<u8>,
+    probe: CompressionProbe,
+}
+
+/// Whether to try compressing the next data block. Data that does not compress (random
+/// bytes, already-compressed values; and for LZ4, which finds only repeats, any text without
+/// them) tends to come in long runs, and trying cost a flush 5% of the node's time in a
+/// YCSB load whose values LZ4 never shrank (docs/benchmarks.md). After `n` blocks in a row
+/// that were not worth compressing, the next 2^n - 1 (at most 31) are stored without trying;
+/// a block that compresses resets it.
+#[derive(Default)]
+struct CompressionProbe {
+    failures: u32,
+    skip: u32,
+}
+
+impl CompressionProbe {
+    const FAILURES_COUNTED_MAX: u32 = 5;
+
+    fn attempt(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    fn record(&mut self, compressed: bool) {
+        if compressed {
+            self.failures = 0;
+            return;
+        }
+        self.failures = (self.failures + 1).min(Self::FAILURES_COUNTED_MAX);
+        self.skip = (1 << self.failures) - 1;
+    }
 }
 
 enum Codec {
@@ -206,7 +241,22 @@ enum Codec {
 }
 
 impl BlockWriter {
+    /// Writes a data block, compressed when the probe says to try and it pays.
+    fn write_data(&mut self, raw: &[u8]) -> Result<BlockHandle> {
+        let attempt = !matches!(self.compressor, Codec::None) && self.probe.attempt();
+        let (handle, compressed) = self.write_block(raw, attempt)?;
+        if attempt {
+            self.probe.record(compressed);
+        }
+        Ok(handle)
+    }
+
     fn write(&mut self, raw: &[u8], compress: bool) -> Result<BlockHandle> {
+        self.write_block(raw, compress).map(|(handle, _)| handle)
+    }
+
+    /// Writes one block; says whether it was stored compressed.
+    fn write_block(&mut self, raw: &[u8], compress: bool) -> Result<(BlockHandle, bool)> {
         let compressed = if compress { self.compress(raw) } else { None };
         let (payload, block_type) = match compressed {
             Some(block_type) => (self.scratch.as_slice(), block_type),
@@ -223,7 +273,7 @@ impl BlockWriter {
         self.out.write_all(payload).at(&self.path)?;
         self.out.write_all(&trailer).at(&self.path)?;
         self.offset += (payload.len() + trailer.len()) as u64;
-        Ok(handle)
+        Ok((handle, compressed.is_some()))
     }
 
     /// Compresses `raw` into `scratch` as varint raw length + zstd frame or LZ4 block, and
@@ -304,6 +354,23 @@ mod tests {
             let sep = shortest_separator(&start, &limit);
             prop_assert!(start <= sep && sep < limit);
         }
+    }
+
+    #[test]
+    fn incompressible_runs_are_tried_ever_more_rarely_and_one_success_resets() {
+        let mut probe = CompressionProbe::default();
+        let mut tried = 0;
+        for _ in 0..1_000 {
+            if probe.attempt() {
+                tried += 1;
+                probe.record(false);
+            }
+        }
+        // Tried at blocks 0, 2, 6, 14, 30 and 62, then one in 32.
+        assert_eq!(tried, 6 + (1_000 - 62 - 1) / 32);
+        while !probe.attempt() {}
+        probe.record(true);
+        assert!((0..10).all(|_| probe.attempt()));
     }
 
     #[test]
