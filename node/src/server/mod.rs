@@ -11,6 +11,7 @@ mod http;
 mod identity;
 mod internode_service;
 mod latency;
+mod local_writes;
 mod membership;
 mod metrics;
 mod peers;
@@ -83,6 +84,7 @@ pub struct Node {
     peers: peers::Peers,
     seeds: seeds::SeedAddresses,
     latencies: latency::Latencies,
+    local_writes: local_writes::LocalWrites,
     pub metrics: Metrics,
     rng: Mutex<StdRng>,
     repairs: repair::Repairs,
@@ -258,6 +260,7 @@ impl Node {
             hints,
             members,
             latencies: latency::Latencies::default(),
+            local_writes: local_writes::LocalWrites::default(),
             metrics: Metrics::default(),
             rng: Mutex::new(rng),
             repairs,

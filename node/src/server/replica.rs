@@ -224,7 +224,7 @@ impl Node {
         timer: Timer,
     ) -> Result<(), ReplicaError> {
         if self.is_local(t) {
-            return self.apply_local(keyspace, muts.to_vec()).await;
+            return self.write_local(keyspace, muts.to_vec()).await;
         }
         let op = ipb::pipe_op::Op::Write(ipb::PipeWrite {
             mutations: to_pb_mutations(&muts),
