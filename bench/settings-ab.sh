@@ -4,19 +4,21 @@
 # another build of the node with default settings (e.g. a copy of target/release/kv-node from
 # before a change) — a fresh 3-node cluster loads RECORDS records, runs YCSB-A closed loop
 # (its peak), then REPS open-loop runs at RATE ops/s for SECONDS each, each after the
-# compactions earlier runs left. Prints one line per run: p50 / p99 / p99.9 / max per
-# operation and the nodes' CPU per operation. Give each configuration more than once,
-# interleaved: single runs' p99 vary by 2x and more. With --syscalls, each open-loop run also
-# counts the nodes' network, WAL and wake-up system calls per operation (perf's syscall
-# tracepoints; needs perf and permission to trace).
+# compactions earlier runs left. Prints the load's and the peak's rate and the nodes' CPU per
+# operation in each (CPU per operation at peak moves less from run to run than the peak
+# itself), then one line per open-loop run: p50 / p99 / p99.9 / max per operation and the
+# nodes' CPU per operation. Give each configuration more than once, interleaved: single
+# runs' p99 vary by 2x and more. With --syscalls, each open-loop run also counts the nodes'
+# network, WAL and wake-up system calls per operation (perf's syscall tracepoints; needs perf
+# and permission to trace).
 #
-#   bench/settings-ab.sh [--rate N] [--seconds S] [--reps N] [--records N] [--memtable SIZE]
-#                        [--syscalls] [--out DIR] CONFIG...
+#   bench/settings-ab.sh [--rate N] [--seconds S] [--reps N] [--records N] [--peak-ops N]
+#                        [--memtable SIZE] [--syscalls] [--out DIR] CONFIG...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rate=22000 seconds=30 reps=2 records=100000 memtable="" out="" syscalls=""
+rate=22000 seconds=30 reps=2 records=100000 peak_ops="" memtable="" out="" syscalls=""
 configs=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -24,10 +26,11 @@ while [ $# -gt 0 ]; do
         --seconds) seconds=$2; shift ;;
         --reps) reps=$2; shift ;;
         --records) records=$2; shift ;;
+        --peak-ops) peak_ops=$2; shift ;;
         --memtable) memtable=$2; shift ;;
         --out) out=$2; shift ;;
         --syscalls) syscalls=1 ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown flag $1" >&2; exit 2 ;;
         *) configs+=("$1") ;;
     esac
@@ -38,6 +41,7 @@ if [ ${#configs[@]} -eq 0 ]; then
     exit 2
 fi
 if [ -n "$memtable" ]; then bench_node_settings=(--set "engine.memtable_bytes=\"$memtable\"" "${bench_prefault[@]}"); fi
+peak_ops=${peak_ops:-$((records * 3))}
 out=${out:-$(mktemp -d -t kv-ab.XXXXXX)}
 mkdir -p "$out"
 build_release
@@ -52,6 +56,14 @@ count_syscalls() {
     pids=$(pgrep -d, -f "$1")
     events=$(printf 'syscalls:sys_enter_%s,' "${traced[@]}")
     exec perf stat -x, -e "${events%,}" -p "$pids" -o "$2"
+}
+
+rate_and_cpu() { # json report, nodes' clock ticks
+    python3 - "$@" <<'PY'
+import json, sys
+phase = json.load(open(sys.argv[1]))["phases"][-1]
+print(f"{phase['ops_per_sec']:.0f} ops/s at {int(sys.argv[2]) * 1e4 / max(phase['ops'], 1):.1f} µs/op")
+PY
 }
 
 summary() { # json report, label, nodes' clock ticks, perf stat output (or none)
@@ -92,11 +104,15 @@ for config in "${configs[@]}"; do
         "${bench_node_settings[@]}" "${settings[@]}" >/dev/null
     trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
     common=(--workload a --records "$records" --threads 2 -o json --target kv --dir "$cluster" --cl QUORUM)
+    before=$(server_ticks "kv-node.*$cluster")
     "$kvctl" bench "${common[@]}" --phase load --inflight 128 >"$out/c$i-load.json" 2>/dev/null
+    load=$(rate_and_cpu "$out/c$i-load.json" $(($(server_ticks "kv-node.*$cluster") - before)))
     wait_for_compactions "$cluster"
-    "$kvctl" bench "${common[@]}" --phase run --inflight 128 --ops $((records * 3)) \
+    before=$(server_ticks "kv-node.*$cluster")
+    "$kvctl" bench "${common[@]}" --phase run --inflight 128 --ops "$peak_ops" \
         >"$out/c$i-peak.json" 2>/dev/null
-    echo "[$i] $config: closed-loop peak $(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["phases"][-1]["ops_per_sec"]))' "$out/c$i-peak.json") ops/s"
+    peak=$(rate_and_cpu "$out/c$i-peak.json" $(($(server_ticks "kv-node.*$cluster") - before)))
+    echo "[$i] $config: load $load; closed-loop peak $peak"
     for r in $(seq "$reps"); do
         wait_for_compactions "$cluster"
         before=$(server_ticks "kv-node.*$cluster")
