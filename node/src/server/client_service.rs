@@ -15,6 +15,7 @@ use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, cell_to_pb, check_key, check_value, keyspace_to_pb, read_value};
+use super::replica::{ReplicaRead, Timer};
 use super::scan::Position;
 use super::Node;
 use crate::cluster::ConsistencyLevel;
@@ -304,8 +305,12 @@ impl ClientService {
                 let (node, ks, key) = (self.node.clone(), r.keyspace.clone(), r.key.clone());
                 async move {
                     use pb::replica_cell::Outcome;
-                    let outcome = match node.read_replica(&target, &ks, &key, false, deadline).await
-                    {
+                    let read = ReplicaRead {
+                        key: &key,
+                        want_digest: false,
+                        deadline,
+                    };
+                    let outcome = match node.read_replica(&target, &ks, read, Timer::Own).await {
                         Ok(crate::cluster::ReadResponse::Data(Some(c))) => {
                             Outcome::Cell(cell_to_pb(&c))
                         }

@@ -146,7 +146,7 @@ impl Node {
                     let timer = Timer::Callers;
                     (
                         n,
-                        (node.write_replica_with(&target, ks, muts, deadline, timer)).await,
+                        (node.write_replica(&target, ks, muts, deadline, timer)).await,
                     )
                 }
             })
@@ -306,7 +306,7 @@ impl Node {
                 deadline,
             };
             async move {
-                let r = (self.read_replica_with(&target, keyspace, read, Timer::Callers)).await;
+                let r = (self.read_replica(&target, keyspace, read, Timer::Callers)).await;
                 (n, r.ok())
             }
         };
@@ -442,10 +442,12 @@ impl Node {
             .filter(|n| !full.iter().any(|(m, _)| m == *n));
         for &n in fetch.collect::<Vec<_>>() {
             let target = self.target(route, n);
-            match self
-                .read_replica(&target, keyspace, key, false, deadline)
-                .await
-            {
+            let read = ReplicaRead {
+                key,
+                want_digest: false,
+                deadline,
+            };
+            match (self.read_replica(&target, keyspace, read, Timer::Own)).await {
                 Ok(ReadResponse::Data(c)) => full.push((n, c)),
                 // Resolved without it: the replicas that did answer still met the level.
                 _ => tracing::debug!(replica = %target.id, "no full data for read repair"),
@@ -479,7 +481,7 @@ impl Node {
         let blocking = stale.iter().map(|&n| {
             let target = self.target(route, n);
             let muts = muts.clone();
-            async move { self.write_replica(&target, keyspace, muts, deadline).await }
+            async move { (self.write_replica(&target, keyspace, muts, deadline, Timer::Own)).await }
         });
         futures_util::future::join_all(blocking).await;
         let asked: HashSet<NodeIdx> = stale.iter().copied().collect();
@@ -492,7 +494,7 @@ impl Node {
             Instant::now() + Duration::from_millis(self.config.coordinator.write_timeout_ms);
         tokio::spawn(async move {
             for t in rest {
-                let _ = node.write_replica(&t, &ks, muts.clone(), deadline).await;
+                let _ = (node.write_replica(&t, &ks, muts.clone(), deadline, Timer::Own)).await;
             }
         });
     }

@@ -73,23 +73,13 @@ impl Node {
         }
     }
 
-    /// Applies writes of one keyspace as one engine batch; if the batch fails, each alone, so
-    /// that one bad write does not fail the others.
+    /// Applies writes of one keyspace together ([`Node::apply_together`]).
     async fn apply_batch(self: &Arc<Self>, batch: Vec<Pending>) {
-        if batch.len() > 1 {
-            let all: Vec<Mutation> = (batch.iter())
-                .flat_map(|p| p.muts.iter().cloned())
-                .collect();
-            if self.apply_local(&batch[0].keyspace, all).await.is_ok() {
-                for p in batch {
-                    let _ = p.done.send(Ok(()));
-                }
-                return;
-            }
-        }
-        for p in batch {
-            let result = self.apply_local(&p.keyspace, p.muts).await;
-            let _ = p.done.send(result);
+        let keyspace = batch[0].keyspace.clone();
+        let (done, writes): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.done, p.muts)).unzip();
+        let results = self.apply_together(&keyspace, writes).await;
+        for (done, result) in done.into_iter().zip(results) {
+            let _ = done.send(result);
         }
     }
 }

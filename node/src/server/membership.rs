@@ -352,11 +352,10 @@ impl Membership {
                 }
             }
         };
-        let targets = match (&ring, reuse) {
-            (_, true) => current.targets.clone(),
-            (Some(ring), false) => ring.nodes().iter().map(Target::of).collect(),
-            (None, false) => Arc::new([]),
-        };
+        let targets = (ring.as_ref()).map_or_else(
+            || Arc::new([]) as Arc<[Target]>,
+            |r| r.nodes().iter().map(Target::of).collect(),
+        );
         let me = ring.as_ref().and_then(|r| r.find(&self.me.0));
         *self.view.write() = Arc::new(View {
             me,

@@ -188,6 +188,27 @@ impl Node {
             .await
     }
 
+    /// Applies several writes of one keyspace as one engine batch, one WAL record; if the
+    /// batch fails, each alone, so that one bad write does not fail the others. One result per
+    /// write, in order.
+    pub async fn apply_together(
+        self: &Arc<Self>,
+        keyspace: &str,
+        writes: Vec<Vec<Mutation>>,
+    ) -> Vec<Result<(), ReplicaError>> {
+        if writes.len() > 1 {
+            let all: Vec<Mutation> = writes.iter().flatten().cloned().collect();
+            if self.apply_local(keyspace, all).await.is_ok() {
+                return writes.iter().map(|_| Ok(())).collect();
+            }
+        }
+        let mut results = Vec::with_capacity(writes.len());
+        for muts in writes {
+            results.push(self.apply_local(keyspace, muts).await);
+        }
+        results
+    }
+
     /// This node's raw cell of a user key: inline when memory answers, on the blocking pool
     /// when a block must be read from disk.
     pub async fn read_local(
@@ -206,16 +227,6 @@ impl Node {
 
     /// Writes `muts` to one replica.
     pub async fn write_replica(
-        self: &Arc<Self>,
-        t: &Target,
-        keyspace: &str,
-        muts: Arc<Vec<Mutation>>,
-        deadline: Instant,
-    ) -> Result<(), ReplicaError> {
-        (self.write_replica_with(t, keyspace, muts, deadline, Timer::Own)).await
-    }
-
-    pub async fn write_replica_with(
         self: &Arc<Self>,
         t: &Target,
         keyspace: &str,
@@ -254,22 +265,6 @@ impl Node {
 
     /// Reads one replica's cell, or its digest.
     pub async fn read_replica(
-        self: &Arc<Self>,
-        t: &Target,
-        keyspace: &str,
-        key: &Bytes,
-        want_digest: bool,
-        deadline: Instant,
-    ) -> Result<ReadResponse, ReplicaError> {
-        let read = ReplicaRead {
-            key,
-            want_digest,
-            deadline,
-        };
-        self.read_replica_with(t, keyspace, read, Timer::Own).await
-    }
-
-    pub async fn read_replica_with(
         self: &Arc<Self>,
         t: &Target,
         keyspace: &str,

@@ -26,7 +26,7 @@ use crate::lsm::Mutation;
 use crate::server::accept::Framed;
 use crate::server::convert::{cell_to_pb, check_key};
 use crate::server::internode_service::{check_sender, check_target};
-use crate::server::replica::{from_pb_mutations, Target};
+use crate::server::replica::{from_pb_mutations, Target, Timer};
 use crate::server::Node;
 
 /// Response frames a pipe's serving end queues for its connection at most.
@@ -328,7 +328,7 @@ fn check_forward(targets: &[String]) -> Result<(), KvError> {
 
 async fn relay(node: &Arc<Node>, r: Relay) -> ipb::PipeResult {
     match node
-        .write_replica(&r.target, &r.keyspace, r.muts, r.deadline)
+        .write_replica(&r.target, &r.keyspace, r.muts, r.deadline, Timer::Own)
         .await
     {
         Ok(()) => written(r.id),
@@ -381,27 +381,20 @@ async fn read(
     }
 }
 
-/// Applies every write of one keyspace as one batch; if the batch fails, each write alone, so
-/// one bad write does not fail the others.
+/// Applies every write of one keyspace together ([`Node::apply_together`]).
 async fn write(
     node: &Arc<Node>,
     keyspace: String,
     ops: Vec<(u64, Vec<Mutation>)>,
 ) -> Vec<ipb::PipeResult> {
-    if ops.len() > 1 {
-        let all: Vec<Mutation> = ops.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
-        if node.apply_local(&keyspace, all).await.is_ok() {
-            return ops.into_iter().map(|(id, _)| written(id)).collect();
-        }
-    }
-    let mut results = Vec::with_capacity(ops.len());
-    for (id, muts) in ops {
-        results.push(match node.apply_local(&keyspace, muts).await {
+    let (ids, writes): (Vec<u64>, Vec<_>) = ops.into_iter().unzip();
+    let results = node.apply_together(&keyspace, writes).await;
+    (ids.into_iter().zip(results))
+        .map(|(id, result)| match result {
             Ok(()) => written(id),
             Err(e) => error(id, e),
-        });
-    }
-    results
+        })
+        .collect()
 }
 
 fn written(id: u64) -> ipb::PipeResult {

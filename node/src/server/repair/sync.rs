@@ -12,7 +12,7 @@ use client::pb::v1 as pb;
 use topology::TokenRange;
 
 use super::super::convert::cell_from_pb;
-use super::super::replica::Target;
+use super::super::replica::{Target, Timer};
 use super::super::Node;
 use crate::cluster::merkle::MerkleTree;
 use crate::lsm::{Cell, LastWriteWins, MergeRule, Mutation};
@@ -174,7 +174,7 @@ impl Node {
             self.throttle(bytes).await;
             let deadline = Instant::now()
                 + Duration::from_millis(self.config.coordinator.write_timeout_ms * 5);
-            self.write_replica(t, keyspace, muts.clone(), deadline)
+            (self.write_replica(t, keyspace, muts.clone(), deadline, Timer::Own))
                 .await
                 .map_err(|e| format!("writing to {}: {e}", t.id))?;
             moved.cells_pushed += muts.len() as u64;
