@@ -1,45 +1,60 @@
-//! The in-memory write buffer: a lock-free skip list of key -> cell, for order (scans,
-//! flushes), beside a hash index of the same entries, for point reads and writes.
+//! The in-memory write buffer: a hash index of key -> cell for point reads and writes, and a
+//! B-tree of the same entries for order (scans, flushes), brought up to date only when order
+//! is asked for.
 //!
 //! A key holds one entry however often it is written, as a Cassandra memtable partition does.
 //! Its cell is shared by the two structures and merged in place, under the cell's own lock,
 //! which readers take to copy it. The index is striped by key; a write holds its key's stripe
-//! while it looks the key up and, for a new key, links it in the skip list, so two first
-//! writes of a key cannot both link one, and the two structures always hold the same keys.
-//! A skip-list search of a memtable of tens of thousands of keys is a chain of cache misses,
-//! one or two per level: at half of the cluster benchmark's peak, the searches of point reads
-//! and of writes to keys already present were 5% of the machine's samples.
+//! while it looks the key up and, for a new key, adds it to the index and to the stripe's list
+//! of keys not yet ordered, so two first writes of a key cannot both add one. Ordering is
+//! deferred because a search of an ordered structure of tens of thousands of keys is a chain of
+//! cache misses: as a skip list, linked on every new key, its search was 8.7% of the machine's
+//! samples during a load. Sorting a batch of new keys and adding it to the tree in order costs a
+//! fraction of that, and a memtable that is never scanned is ordered once, by its flush.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtOrd};
-
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_skiplist::SkipMap;
 use foldhash::quality::RandomState;
 use parking_lot::{Mutex, RwLock};
 
 use super::cell::{Cell, MergeRule};
 
-/// Bytes charged per entry on top of key and value: skip-list node and tower, the index's
-/// slot, the shared cell's allocation, and `Bytes` headers.
+/// Bytes charged per entry on top of key and value: the index's slot, the tree's share of a
+/// node, the shared cell's allocation, the unordered list's slot, and `Bytes` headers.
 const ENTRY_OVERHEAD_BYTES: usize = 160;
 /// Stripes of the hash index, each under its own lock; a power of two.
 const INDEX_STRIPES: usize = 64;
 
-/// One key's merged cell, shared by the skip list and the index.
+/// One key's merged cell, shared by the tree and the index.
 type Slot = Arc<Mutex<Cell>>;
-type Stripe = RwLock<HashMap<Bytes, Slot, RandomState>>;
 
-/// A skip-list key. `prefix` holds the key's first 8 bytes so most comparisons during a
-/// search finish on the node itself, without following `key` to another allocation.
+/// One stripe of the index: its keys, and those of them the tree does not hold yet.
+#[derive(Default)]
+struct Stripe {
+    map: HashMap<Bytes, Slot, RandomState>,
+    unordered: Vec<(MemKey, Slot)>,
+}
+
+/// A tree key. `prefix` holds the key's first 8 bytes so most comparisons finish on the
+/// entry itself, without following `key` to another allocation.
 struct MemKey {
     prefix: u64,
     key: Bytes,
+}
+
+impl MemKey {
+    fn new(key: Bytes) -> Self {
+        MemKey {
+            prefix: key_prefix(&key),
+            key,
+        }
+    }
 }
 
 /// The first 8 bytes of `key`, zero-padded, big-endian: ordering prefixes and then whole keys
@@ -56,7 +71,7 @@ fn compare(a: (u64, &[u8]), b: (u64, &[u8])) -> Ordering {
     a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1))
 }
 
-/// A borrowed view of a skip-list key, so lookups need no allocation.
+/// A borrowed view of a tree key, so lookups need no allocation.
 trait KeyView {
     fn parts(&self) -> (u64, &[u8]);
 }
@@ -140,8 +155,12 @@ fn charge(key: &[u8], cell: &Cell) -> usize {
 }
 
 pub struct Memtable {
-    map: SkipMap<MemKey, Slot>,
-    index: [Stripe; INDEX_STRIPES],
+    index: [RwLock<Stripe>; INDEX_STRIPES],
+    /// Every key, in order, except those still in a stripe's `unordered` list. Lock order:
+    /// the tree before any stripe.
+    tree: RwLock<BTreeMap<MemKey, Slot>>,
+    /// Entries in the stripes' `unordered` lists; changed only under the stripe's lock.
+    unordered: AtomicUsize,
     approx_bytes: AtomicUsize,
     min_timestamp: AtomicU64,
     max_timestamp: AtomicU64,
@@ -153,8 +172,9 @@ pub struct Memtable {
 impl Memtable {
     pub fn new(wal_segments: Vec<u64>) -> Self {
         Memtable {
-            map: SkipMap::new(),
-            index: std::array::from_fn(|_| RwLock::new(HashMap::default())),
+            index: std::array::from_fn(|_| RwLock::default()),
+            tree: RwLock::default(),
+            unordered: AtomicUsize::new(0),
             approx_bytes: AtomicUsize::new(0),
             min_timestamp: AtomicU64::new(u64::MAX),
             max_timestamp: AtomicU64::new(0),
@@ -169,22 +189,17 @@ impl Memtable {
         self.max_timestamp.fetch_max(cell.timestamp, AtOrd::Relaxed);
         self.max_seq.fetch_max(seq, AtOrd::Relaxed);
         let mut stripe = self.stripe(&key).write();
-        if let Some(slot) = stripe.get(&key) {
+        if let Some(slot) = stripe.map.get(&key) {
             return self.merge_into(&key, slot, cell, rule);
         }
         self.approx_bytes
             .fetch_add(charge(&key, &cell), AtOrd::Relaxed);
         let slot = Arc::new(Mutex::new(cell));
-        let prefix = key_prefix(&key);
-        let linked = self.map.insert(
-            MemKey {
-                prefix,
-                key: key.clone(),
-            },
-            slot.clone(),
-        );
-        debug_assert!(Arc::ptr_eq(linked.value(), &slot));
-        stripe.insert(key, slot);
+        stripe
+            .unordered
+            .push((MemKey::new(key.clone()), slot.clone()));
+        self.unordered.fetch_add(1, AtOrd::Release);
+        stripe.map.insert(key, slot);
     }
 
     fn merge_into(&self, key: &[u8], slot: &Slot, cell: Cell, rule: &dyn MergeRule) {
@@ -196,19 +211,20 @@ impl Memtable {
         self.approx_bytes.fetch_sub(freed, AtOrd::Relaxed);
     }
 
-    fn stripe(&self, key: &[u8]) -> &Stripe {
+    fn stripe(&self, key: &[u8]) -> &RwLock<Stripe> {
         &self.index[xxhash_rust::xxh3::xxh3_64(key) as usize & (INDEX_STRIPES - 1)]
     }
 
     /// The key's merged cell, or `None` if the key was never written here.
     pub fn get(&self, key: &[u8]) -> Option<Cell> {
         let stripe = self.stripe(key).read();
-        stripe.get(key).map(|slot| slot.lock().clone())
+        stripe.map.get(key).map(|slot| slot.lock().clone())
     }
 
     /// Up to `limit` merged entries with keys after `after` (or from `start`), in key order:
     /// the cursor a scan or flush walks with, holding no borrow between chunks.
     pub fn chunk(&self, from: Bound<&[u8]>, limit: usize) -> Vec<(Bytes, Cell)> {
+        self.order();
         let probe;
         let lo = match from {
             Bound::Included(k) => {
@@ -221,26 +237,52 @@ impl Memtable {
             }
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut out: Vec<(Bytes, Cell)> = Vec::with_capacity(limit.min(1024));
-        let mut entry = self.map.lower_bound::<dyn KeyView>(lo);
-        while let Some(e) = entry.filter(|_| out.len() < limit) {
-            out.push((e.key().key.clone(), e.value().lock().clone()));
-            entry = e.next();
+        let tree = self.tree.read();
+        tree.range::<dyn KeyView, _>((lo, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, slot)| (k.key.clone(), slot.lock().clone()))
+            .collect()
+    }
+
+    /// Moves every key written before the call into the tree: sorted as one batch, which an
+    /// empty tree takes whole.
+    fn order(&self) {
+        if self.unordered.load(AtOrd::Acquire) == 0 {
+            return;
         }
-        out
+        let mut tree = self.tree.write();
+        let mut fresh = Vec::new();
+        for stripe in &self.index {
+            let mut stripe = stripe.write();
+            self.unordered
+                .fetch_sub(stripe.unordered.len(), AtOrd::Relaxed);
+            fresh.append(&mut stripe.unordered);
+        }
+        fresh.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if tree.is_empty() {
+            let added = fresh.len();
+            *tree = BTreeMap::from_iter(fresh);
+            debug_assert_eq!(tree.len(), added, "a key was unordered twice");
+        } else {
+            for (key, slot) in fresh {
+                let old = tree.insert(key, slot);
+                debug_assert!(old.is_none(), "a key was unordered twice");
+            }
+        }
     }
 
     /// True if `key` is here; cheaper than `get`.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.stripe(key).read().contains_key(key)
+        self.stripe(key).read().map.contains_key(key)
     }
 
     pub fn approx_bytes(&self) -> usize {
         self.approx_bytes.load(AtOrd::Relaxed)
     }
 
+    /// True until the first write; every entry is charged to `approx_bytes`.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.approx_bytes() == 0
     }
 
     /// Smallest timestamp held, `u64::MAX` when empty.
@@ -258,6 +300,16 @@ impl Memtable {
 
     pub fn wal_segments(&self) -> &[u64] {
         &self.wal_segments
+    }
+
+    /// Entries in the index and in the tree plus the unordered lists: always equal.
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        let tree = self.tree.read();
+        let stripes: Vec<_> = self.index.iter().map(|s| s.read()).collect();
+        let indexed = stripes.iter().map(|s| s.map.len()).sum();
+        let unordered: usize = stripes.iter().map(|s| s.unordered.len()).sum();
+        (indexed, tree.len() + unordered)
     }
 }
 
@@ -297,7 +349,7 @@ mod tests {
             put(&m, "k", seq, Cell::value(seq, "vvvv"));
         }
         put(&m, "k", 100, Cell::value(5, "late"));
-        assert_eq!((m.map.len(), m.approx_bytes()), (1, one));
+        assert_eq!((m.counts(), m.approx_bytes()), ((1, 1), one));
         assert_eq!(m.get(b"k"), Some(Cell::value(99, "vvvv")));
     }
 
@@ -321,29 +373,61 @@ mod tests {
                 });
             }
         });
-        assert_eq!(m.map.len(), 1);
+        assert_eq!(m.counts(), (1, 1));
         assert_eq!(m.get(b"k"), Some(Cell::value(1999, "v")));
+    }
+
+    /// Runs `each(thread, k)` for k in 0..300 on each of four threads at once.
+    fn on_four_threads(each: impl Fn(u64, u64) + Sync) {
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let each = &each;
+                s.spawn(move || (0..300u64).for_each(|k| each(t, k)));
+            }
+        });
     }
 
     #[test]
     fn concurrent_first_writes_link_each_key_once_and_charge_it_once() {
         let m = Memtable::new(vec![]);
-        std::thread::scope(|s| {
-            for t in 0..4u64 {
-                let m = &m;
-                s.spawn(move || {
-                    for k in 0..300u64 {
-                        put(m, &format!("k{k:03}"), k, Cell::value(t, "v"));
-                    }
-                });
-            }
-        });
+        on_four_threads(|t, k| put(&m, &format!("k{k:03}"), k, Cell::value(t, "v")));
         let alone = Memtable::new(vec![]);
         for k in 0..300u64 {
             put(&alone, &format!("k{k:03}"), k, Cell::value(3, "v"));
         }
-        assert_eq!((m.map.len(), m.approx_bytes()), (300, alone.approx_bytes()));
+        assert_eq!(
+            (m.counts(), m.approx_bytes()),
+            ((300, 300), alone.approx_bytes())
+        );
         assert!((0..300).all(|k| m.get(format!("k{k:03}").as_bytes()) == Some(Cell::value(3, "v"))));
+    }
+
+    /// Every entry, walked `chunk` entries at a time.
+    fn scan(m: &Memtable, chunk: usize) -> Vec<(Bytes, Cell)> {
+        let mut all = Vec::new();
+        let mut from: Option<Bytes> = None;
+        loop {
+            let bound = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let part = m.chunk(bound, chunk);
+            let Some((last, _)) = part.last() else {
+                return all;
+            };
+            from = Some(last.clone());
+            all.extend(part);
+        }
+    }
+
+    #[test]
+    fn a_scan_sees_every_write_that_returned_before_it() {
+        let m = Memtable::new(vec![]);
+        on_four_threads(|t, k| {
+            let key = format!("k{t}-{k:03}");
+            put(&m, &key, k, Cell::value(t, "v"));
+            let first = m.chunk(Bound::Included(key.as_bytes()), 1);
+            assert_eq!(first[0].0, key.as_bytes(), "a scan missed {key}");
+        });
+        assert_eq!(m.counts(), (1200, 1200));
+        assert_eq!(scan(&m, 7).len(), 1200);
     }
 
     #[test]
@@ -374,12 +458,16 @@ mod tests {
 
         #[test]
         fn prop_memtable_matches_model(
-            writes in proptest::collection::vec((0u8..20, 0u64..50, any::<bool>()), 1..200),
+            writes in proptest::collection::vec((0u8..20, 0u64..50, any::<bool>(), proptest::bool::weighted(0.05)), 1..200),
             chunk in 1usize..7,
         ) {
             let m = Memtable::new(vec![]);
             let mut model: BTreeMap<Vec<u8>, Cell> = BTreeMap::new();
-            for (seq, (k, ts, del)) in writes.into_iter().enumerate() {
+            for (seq, (k, ts, del, scan_now)) in writes.into_iter().enumerate() {
+                if scan_now {
+                    let expect: Vec<_> = model.iter().map(|(k, c)| (Bytes::from(k.clone()), c.clone())).collect();
+                    prop_assert_eq!(scan(&m, chunk), expect);
+                }
                 let key = vec![b'k', k];
                 let cell = if del { Cell::tombstone(ts) } else { Cell::value(ts, vec![k; 3]) };
                 m.insert(Bytes::from(key.clone()), seq as u64, cell.clone(), &LastWriteWins);
@@ -393,19 +481,9 @@ mod tests {
                 let got = m.get(k);
                 prop_assert_eq!(got.as_ref(), Some(c));
             }
-            let indexed: usize = m.index.iter().map(|s| s.read().len()).sum();
-            prop_assert_eq!((m.map.len(), indexed), (model.len(), model.len()));
-            let mut all = Vec::new();
-            let mut from: Option<Bytes> = None;
-            loop {
-                let bound = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                let part = m.chunk(bound, chunk);
-                if part.is_empty() { break; }
-                from = Some(part.last().unwrap().0.clone());
-                all.extend(part);
-            }
+            prop_assert_eq!(m.counts(), (model.len(), model.len()));
             let expect: Vec<_> = model.into_iter().map(|(k, c)| (Bytes::from(k), c)).collect();
-            prop_assert_eq!(all, expect);
+            prop_assert_eq!(scan(&m, chunk), expect);
         }
     }
 }
