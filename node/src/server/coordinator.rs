@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client::KvError;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use topology::{NodeIdx, Token};
 
 use super::latency::Speculation;
+use super::racing::Racing;
 use super::replica::{ReplicaRead, Target, Timer};
 use super::route::Route;
 use super::Node;
@@ -139,7 +140,7 @@ impl Node {
             .filter(|_| !forward)
             .flat_map(|(_, nodes)| nodes);
         let node = &self;
-        let mut local: FuturesUnordered<_> = (plan.local.iter().chain(direct))
+        let mut local: Racing<_> = (plan.local.iter().chain(direct))
             .map(|&n| {
                 let (target, muts, ks) = (self.target(&route, n), muts.clone(), &keyspace);
                 async move {
@@ -310,7 +311,7 @@ impl Node {
                 (n, r.ok())
             }
         };
-        let mut reads = FuturesUnordered::new();
+        let mut reads = Racing::with_capacity(1 + plan.digests.len() + plan.spare.len());
         reads.push(read(plan.data, false));
         for &n in &plan.digests {
             reads.push(read(n, true));

@@ -16,6 +16,7 @@ mod membership;
 mod metrics;
 mod peers;
 mod pipe;
+mod racing;
 mod repair;
 mod replica;
 mod route;
