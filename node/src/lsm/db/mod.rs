@@ -473,11 +473,15 @@ impl Inner {
         }
         let stripe = self.row_cache_stripe(key);
         let before = stripe.load(Ordering::SeqCst);
-        let found = match self.current().get(key, &*self.opts.merge_rule, access)? {
-            Cached::Hit(found) => found,
+        let (found, from_tables) = match self.current().get(key, &*self.opts.merge_rule, access)? {
+            Cached::Hit(found) => (found.cell, found.from_tables),
             Cached::Miss => return Ok(Cached::Miss),
         };
-        if self.row_cache.is_enabled() && stripe.load(Ordering::SeqCst) == before {
+        // A cell the memtables alone answered for is cheaper to find again than to cache, and
+        // the hottest keys are written often enough to stay in a memtable: caching them only
+        // churned the cache, each fill evicting a row that had cost a table read.
+        let worth_caching = from_tables && self.row_cache.is_enabled();
+        if worth_caching && stripe.load(Ordering::SeqCst) == before {
             let charge = key.len()
                 + found.as_ref().map_or(0, |c| c.encoded_len())
                 + ROW_CACHE_ENTRY_OVERHEAD_BYTES;

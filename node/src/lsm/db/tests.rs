@@ -57,6 +57,23 @@ fn writes_survive_reopen_with_and_without_flush() {
 }
 
 #[test]
+fn the_row_cache_keeps_rows_read_from_tables_not_those_the_memtable_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_opts(Arc::new(ManualClock::new(T0_MS)))).unwrap();
+    db.put(b"flushed", Cell::value(ts(1), "a")).unwrap();
+    db.flush().unwrap();
+    db.put(b"fresh", Cell::value(ts(2), "b")).unwrap();
+    for _ in 0..2 {
+        assert_eq!(live(&db, b"fresh").as_deref(), Some(&b"b"[..]));
+        assert_eq!(live(&db, b"flushed").as_deref(), Some(&b"a"[..]));
+    }
+    let cache = db.stats().row_cache;
+    assert_eq!((cache.inserts, cache.hits, cache.misses), (1, 1, 3));
+    db.put(b"flushed", Cell::value(ts(3), "c")).unwrap();
+    assert_eq!(live(&db, b"flushed").as_deref(), Some(&b"c"[..]));
+}
+
+#[test]
 fn an_older_write_arriving_later_does_not_win() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), small_opts(Arc::new(ManualClock::new(T0_MS)))).unwrap();

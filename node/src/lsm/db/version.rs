@@ -14,6 +14,13 @@ use crate::lsm::memtable::Memtable;
 use crate::lsm::sstable::{Table, TableIter};
 use crate::lsm::{BlockAccess, Cached};
 
+/// A point lookup's merged cell, and whether any table was read for it.
+#[derive(Default)]
+pub struct Found {
+    pub cell: Option<Cell>,
+    pub from_tables: bool,
+}
+
 pub struct Version {
     /// The memtable taking writes.
     pub mem: Arc<Memtable>,
@@ -106,20 +113,21 @@ impl Version {
         key: &[u8],
         rule: &dyn MergeRule,
         access: BlockAccess,
-    ) -> Result<Cached<Option<Cell>>> {
-        let mut found: Option<Cell> = None;
-        let settled = |found: &Option<Cell>, older_max: u64| {
-            found.as_ref().is_some_and(|f| rule.settles(f, older_max))
+    ) -> Result<Cached<Found>> {
+        let mut found = Found::default();
+        let settled = |found: &Found, older_max: u64| {
+            (found.cell.as_ref()).is_some_and(|f| rule.settles(f, older_max))
         };
         for mem in self.memtables() {
             if !settled(&found, mem.max_timestamp()) {
-                found = merge_opt(rule, found, mem.get(key));
+                found.cell = merge_opt(rule, found.cell, mem.get(key));
             }
         }
         for table in self.candidate_tables(key) {
             if !settled(&found, table.meta().props.max_timestamp) && table.may_contain(key) {
+                found.from_tables = true;
                 match table.lookup(key, access)? {
-                    Cached::Hit(cell) => found = merge_opt(rule, found, cell),
+                    Cached::Hit(cell) => found.cell = merge_opt(rule, found.cell, cell),
                     Cached::Miss => return Ok(Cached::Miss),
                 }
             }
