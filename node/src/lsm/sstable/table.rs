@@ -272,7 +272,9 @@ impl TableFile {
     /// As [`TableFile::read_at`] when the page cache holds every byte; `None` when reading
     /// would wait for the disk (or the kernel cannot tell without waiting).
     fn read_at_nowait(&self, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
-        let mut buf = vec![0u8; len];
+        // Not zeroed first: zeroing each block's buffer was 0.9% of the machine's samples at
+        // YCSB-A's peak, and the kernel overwrites all of it or the buffer is not used.
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: len,
@@ -280,13 +282,19 @@ impl TableFile {
         let Ok(offset) = libc::off_t::try_from(offset) else {
             return Ok(None);
         };
-        // SAFETY: `iov` describes `buf`, which lives and is not otherwise borrowed until the
-        // call returns; the descriptor is open for as long as `self.file` is.
+        // SAFETY: `iov` describes `buf`'s `len` bytes of capacity, which live and are not
+        // otherwise borrowed until the call returns; the descriptor is open for as long as
+        // `self.file` is.
         let read =
             unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
         // EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here) and short reads all mean: read
         // it the blocking way, which also reports real errors with the file's name.
-        Ok((read == len as isize).then_some(buf))
+        if read != len as isize {
+            return Ok(None);
+        }
+        // SAFETY: the kernel wrote all `len` bytes.
+        unsafe { buf.set_len(len) };
+        Ok(Some(buf))
     }
 
     fn read_block(&self, handle: BlockHandle, what: &str) -> Result<Bytes> {
