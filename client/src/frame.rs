@@ -46,8 +46,8 @@ pub const FRAME_HEADER_BYTES: usize = 16;
 pub const FRAME_BODY_BYTES_MAX: usize = MAX_MESSAGE_BYTES + MAX_MESSAGE_BYTES / 64;
 const FLAG_ZSTD: u8 = 1;
 const ZSTD_LEVEL: i32 = 1;
-/// Reads are buffered so that a burst of small frames costs one system call; the least a
-/// read asks the buffer to make room for.
+/// Reads are buffered so that a burst of small frames costs one system call: the read buffer
+/// grows by at least this much when it runs short.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The least room a read is given: less would turn a burst into many small reads.
 const READ_BYTES_MIN: usize = 8 * 1024;
