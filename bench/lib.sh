@@ -31,7 +31,7 @@ PY
 # makes every node switch, flush and compact eight times as often as a deployed one; and the
 # heap a node with those memtables touches at start by default (docs/configuration.md), which
 # local clusters turn off.
-bench_prefault=(--set 'memory_prefault_bytes="520MiB"')
+bench_prefault=(--set 'memory_prefault_bytes="512MiB"')
 bench_node_settings=(--set 'engine.memtable_bytes="64MiB"' "${bench_prefault[@]}")
 
 # User+system clock ticks of the processes whose command line matches the pgrep pattern $1.

@@ -151,7 +151,7 @@ impl Default for Engine {
             memtable_jitter_percent: 25,
             block_bytes: ByteSize::kib(16),
             block_cache_bytes: ByteSize::mib(64),
-            row_cache_bytes: ByteSize::mib(8),
+            row_cache_bytes: ByteSize(0),
             compaction_throughput_mib_per_sec: 0,
             background_nice: 10,
             background_sched_idle: false,

@@ -719,13 +719,13 @@ fn memory_prefault_follows_the_engine_budget_unless_set() {
     let defaults = NodeConfig::default();
     assert_eq!(
         defaults.memory_prefault_bytes(),
-        (2 * 3 * 64 + 64 + 8 + 64) << 20
+        (2 * 3 * 64 + 64 + 64) << 20
     );
     let small = NodeConfig::from_toml(
-        "[engine]\nmemtable_bytes = \"8MiB\"\nblock_cache_bytes = \"16MiB\"\nrow_cache_bytes = 0",
+        "[engine]\nmemtable_bytes = \"8MiB\"\nblock_cache_bytes = \"16MiB\"\nrow_cache_bytes = \"4MiB\"",
     )
     .unwrap();
-    assert_eq!(small.memory_prefault_bytes(), (2 * 3 * 8 + 16 + 64) << 20);
+    assert_eq!(small.memory_prefault_bytes(), (2 * 3 * 8 + 16 + 4 + 64) << 20);
     let off = NodeConfig::from_toml("memory_prefault_bytes = 0").unwrap();
     assert_eq!(off.memory_prefault_bytes(), 0);
     let set = NodeConfig::from_toml("memory_prefault_bytes = \"1GiB\"").unwrap();

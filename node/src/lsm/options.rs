@@ -166,7 +166,7 @@ impl Default for Options {
             compression: Compression::Lz4,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 * MIB,
-            row_cache_bytes: 8 * MIB,
+            row_cache_bytes: 0,
             compaction: CompactionStrategy::leveled(),
             l0_slowdown_files: 20,
             l0_stop_files: 36,

@@ -23,6 +23,8 @@ fn small_opts(clock: Arc<ManualClock>) -> Options {
             level_multiplier: 4,
             table_bytes_target: 64 * 1024,
         },
+        // On, unlike the default, so that every test here also checks its coherence.
+        row_cache_bytes: 1024 * 1024,
         clock,
         ..Options::default()
     }
