@@ -725,7 +725,10 @@ fn memory_prefault_follows_the_engine_budget_unless_set() {
         "[engine]\nmemtable_bytes = \"8MiB\"\nblock_cache_bytes = \"16MiB\"\nrow_cache_bytes = \"4MiB\"",
     )
     .unwrap();
-    assert_eq!(small.memory_prefault_bytes(), (2 * 3 * 8 + 16 + 4 + 64) << 20);
+    assert_eq!(
+        small.memory_prefault_bytes(),
+        (2 * 3 * 8 + 16 + 4 + 64) << 20
+    );
     let off = NodeConfig::from_toml("memory_prefault_bytes = 0").unwrap();
     assert_eq!(off.memory_prefault_bytes(), 0);
     let set = NodeConfig::from_toml("memory_prefault_bytes = \"1GiB\"").unwrap();

@@ -11,16 +11,23 @@
 //! cache misses: as a skip list, linked on every new key, its search was 8.7% of the machine's
 //! samples during a load. Sorting a batch of new keys and adding it to the tree in order costs a
 //! fraction of that, and a memtable that is never scanned is ordered once, by its flush.
+//!
+//! A write touches memory shared by every writer only once per batch: the key's hash picks its
+//! stripe and its slot in the stripe's table alike, and the size and timestamp summary is
+//! published when an [`Inserter`] is dropped. Each of those atomics moved a cache line between
+//! the two cores of the benchmark machine on every insert (docs/benchmarks.md).
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtOrd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtOrd};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use foldhash::quality::RandomState;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
 use super::cell::{Cell, MergeRule};
@@ -30,6 +37,10 @@ use super::cell::{Cell, MergeRule};
 const ENTRY_OVERHEAD_BYTES: usize = 160;
 /// Stripes of the hash index, each under its own lock; a power of two.
 const INDEX_STRIPES: usize = 64;
+/// Where in a key's hash its stripe number sits: clear of the low bits that place it in the
+/// stripe's table and of the top 7 that the table keeps as its tag, so that the keys of one
+/// stripe still spread over their table.
+const STRIPE_SHIFT: u32 = 32;
 
 /// One key's merged cell, shared by the tree and the index.
 type Slot = Arc<Mutex<Cell>>;
@@ -37,8 +48,16 @@ type Slot = Arc<Mutex<Cell>>;
 /// One stripe of the index: its keys, and those of them the tree does not hold yet.
 #[derive(Default)]
 struct Stripe {
-    map: HashMap<Bytes, Slot, RandomState>,
+    map: HashTable<(Bytes, Slot)>,
     unordered: Vec<(MemKey, Slot)>,
+}
+
+impl Stripe {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
+        self.map
+            .find(hash, |(k, _)| k.as_ref() == key)
+            .map(|(_, slot)| slot)
+    }
 }
 
 /// A tree key. `prefix` holds the key's first 8 bytes so most comparisons finish on the
@@ -156,11 +175,15 @@ fn charge(key: &[u8], cell: &Cell) -> usize {
 
 pub struct Memtable {
     index: [RwLock<Stripe>; INDEX_STRIPES],
+    hasher: RandomState,
     /// Every key, in order, except those still in a stripe's `unordered` list. Lock order:
     /// the tree before any stripe.
     tree: RwLock<BTreeMap<MemKey, Slot>>,
-    /// Entries in the stripes' `unordered` lists; changed only under the stripe's lock.
-    unordered: AtomicUsize,
+    /// Set, under the stripe's lock, by a write that finds its stripe's `unordered` list empty,
+    /// and cleared, under the tree's write lock, by the ordering that empties the lists. So a
+    /// key is unordered only while this is set or while an ordering that will take it holds the
+    /// tree.
+    unordered_any: AtomicBool,
     approx_bytes: AtomicUsize,
     min_timestamp: AtomicU64,
     max_timestamp: AtomicU64,
@@ -173,8 +196,9 @@ impl Memtable {
     pub fn new(wal_segments: Vec<u64>) -> Self {
         Memtable {
             index: std::array::from_fn(|_| RwLock::default()),
+            hasher: RandomState::default(),
             tree: RwLock::default(),
-            unordered: AtomicUsize::new(0),
+            unordered_any: AtomicBool::new(false),
             approx_bytes: AtomicUsize::new(0),
             min_timestamp: AtomicU64::new(u64::MAX),
             max_timestamp: AtomicU64::new(0),
@@ -185,40 +209,31 @@ impl Memtable {
 
     /// Merges `cell` into the key's entry with `rule`.
     pub fn insert(&self, key: Bytes, seq: u64, cell: Cell, rule: &dyn MergeRule) {
-        self.min_timestamp.fetch_min(cell.timestamp, AtOrd::Relaxed);
-        self.max_timestamp.fetch_max(cell.timestamp, AtOrd::Relaxed);
-        self.max_seq.fetch_max(seq, AtOrd::Relaxed);
-        let mut stripe = self.stripe(&key).write();
-        if let Some(slot) = stripe.map.get(&key) {
-            return self.merge_into(&key, slot, cell, rule);
+        self.inserter().insert(key, seq, cell, rule);
+    }
+
+    /// Inserts whose entries are readable as each returns and whose sizes and timestamps reach
+    /// the memtable's summary when the inserter is dropped.
+    pub fn inserter(&self) -> Inserter<'_> {
+        Inserter {
+            mem: self,
+            tally: Tally::default(),
         }
-        self.approx_bytes
-            .fetch_add(charge(&key, &cell), AtOrd::Relaxed);
-        let slot = Arc::new(Mutex::new(cell));
-        stripe
-            .unordered
-            .push((MemKey::new(key.clone()), slot.clone()));
-        self.unordered.fetch_add(1, AtOrd::Release);
-        stripe.map.insert(key, slot);
     }
 
-    fn merge_into(&self, key: &[u8], slot: &Slot, cell: Cell, rule: &dyn MergeRule) {
-        let mut held = slot.lock();
-        let freed = charge(key, &held);
-        *held = rule.merge(held.clone(), cell);
-        let added = charge(key, &held);
-        self.approx_bytes.fetch_add(added, AtOrd::Relaxed);
-        self.approx_bytes.fetch_sub(freed, AtOrd::Relaxed);
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn stripe(&self, key: &[u8]) -> &RwLock<Stripe> {
-        &self.index[xxhash_rust::xxh3::xxh3_64(key) as usize & (INDEX_STRIPES - 1)]
+    fn stripe(&self, hash: u64) -> &RwLock<Stripe> {
+        &self.index[(hash >> STRIPE_SHIFT) as usize & (INDEX_STRIPES - 1)]
     }
 
     /// The key's merged cell, or `None` if the key was never written here.
     pub fn get(&self, key: &[u8]) -> Option<Cell> {
-        let stripe = self.stripe(key).read();
-        stripe.map.get(key).map(|slot| slot.lock().clone())
+        let hash = self.hash(key);
+        let stripe = self.stripe(hash).read();
+        stripe.find(hash, key).map(|slot| slot.lock().clone())
     }
 
     /// Up to `limit` merged entries with keys after `after` (or from `start`), in key order:
@@ -247,16 +262,16 @@ impl Memtable {
     /// Moves every key written before the call into the tree: sorted as one batch, which an
     /// empty tree takes whole.
     fn order(&self) {
-        if self.unordered.load(AtOrd::Acquire) == 0 {
+        if !self.unordered_any.load(AtOrd::Acquire) {
             return;
         }
         let mut tree = self.tree.write();
+        if !self.unordered_any.swap(false, AtOrd::AcqRel) {
+            return;
+        }
         let mut fresh = Vec::new();
         for stripe in &self.index {
-            let mut stripe = stripe.write();
-            self.unordered
-                .fetch_sub(stripe.unordered.len(), AtOrd::Relaxed);
-            fresh.append(&mut stripe.unordered);
+            fresh.append(&mut stripe.write().unordered);
         }
         fresh.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if tree.is_empty() {
@@ -273,7 +288,8 @@ impl Memtable {
 
     /// True if `key` is here; cheaper than `get`.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.stripe(key).read().map.contains_key(key)
+        let hash = self.hash(key);
+        self.stripe(hash).read().find(hash, key).is_some()
     }
 
     pub fn approx_bytes(&self) -> usize {
@@ -310,6 +326,79 @@ impl Memtable {
         let indexed = stripes.iter().map(|s| s.map.len()).sum();
         let unordered: usize = stripes.iter().map(|s| s.unordered.len()).sum();
         (indexed, tree.len() + unordered)
+    }
+}
+
+/// What a run of inserts adds to the memtable's summary.
+struct Tally {
+    added_bytes: usize,
+    freed_bytes: usize,
+    min_timestamp: u64,
+    max_timestamp: u64,
+    max_seq: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            added_bytes: 0,
+            freed_bytes: 0,
+            min_timestamp: u64::MAX,
+            max_timestamp: 0,
+            max_seq: 0,
+        }
+    }
+}
+
+/// A writer's run of inserts into one memtable (see [`Memtable::inserter`]). A writer holds it
+/// only while the memtable cannot be sealed, so a sealed memtable's summary is complete.
+pub struct Inserter<'m> {
+    mem: &'m Memtable,
+    tally: Tally,
+}
+
+impl Inserter<'_> {
+    /// Merges `cell` into the key's entry with `rule`; readable when this returns.
+    pub fn insert(&mut self, key: Bytes, seq: u64, cell: Cell, rule: &dyn MergeRule) {
+        let t = &mut self.tally;
+        t.min_timestamp = t.min_timestamp.min(cell.timestamp);
+        t.max_timestamp = t.max_timestamp.max(cell.timestamp);
+        t.max_seq = t.max_seq.max(seq);
+        let mem = self.mem;
+        let hash = mem.hash(&key);
+        let mut stripe = mem.stripe(hash).write();
+        if let Some(slot) = stripe.find(hash, &key) {
+            let mut held = slot.lock();
+            t.freed_bytes += charge(&key, &held);
+            *held = rule.merge(held.clone(), cell);
+            t.added_bytes += charge(&key, &held);
+            return;
+        }
+        t.added_bytes += charge(&key, &cell);
+        let slot = Arc::new(Mutex::new(cell));
+        if stripe.unordered.is_empty() {
+            mem.unordered_any.store(true, AtOrd::Release);
+        }
+        stripe
+            .unordered
+            .push((MemKey::new(key.clone()), slot.clone()));
+        stripe
+            .map
+            .insert_unique(hash, (key, slot), |(k, _)| mem.hash(k));
+    }
+}
+
+impl Drop for Inserter<'_> {
+    fn drop(&mut self) {
+        let (mem, t) = (self.mem, &self.tally);
+        if t.added_bytes == 0 && t.freed_bytes == 0 {
+            return;
+        }
+        mem.approx_bytes.fetch_add(t.added_bytes, AtOrd::Relaxed);
+        mem.approx_bytes.fetch_sub(t.freed_bytes, AtOrd::Relaxed);
+        mem.min_timestamp.fetch_min(t.min_timestamp, AtOrd::Relaxed);
+        mem.max_timestamp.fetch_max(t.max_timestamp, AtOrd::Relaxed);
+        mem.max_seq.fetch_max(t.max_seq, AtOrd::Relaxed);
     }
 }
 
@@ -351,6 +440,35 @@ mod tests {
         put(&m, "k", 100, Cell::value(5, "late"));
         assert_eq!((m.counts(), m.approx_bytes()), ((1, 1), one));
         assert_eq!(m.get(b"k"), Some(Cell::value(99, "vvvv")));
+    }
+
+    #[test]
+    fn a_batch_is_readable_at_once_and_summarised_when_its_inserter_is_dropped() {
+        let m = Memtable::new(vec![]);
+        let mut batch = m.inserter();
+        batch.insert(
+            Bytes::from_static(b"a"),
+            7,
+            Cell::value(30, "x"),
+            &LastWriteWins,
+        );
+        batch.insert(
+            Bytes::from_static(b"b"),
+            8,
+            Cell::value(20, "y"),
+            &LastWriteWins,
+        );
+        assert_eq!(m.get(b"b"), Some(Cell::value(20, "y")));
+        assert!(m.is_empty() && m.max_seq() == 0);
+        drop(batch);
+        let alone = Memtable::new(vec![]);
+        put(&alone, "a", 1, Cell::value(30, "x"));
+        put(&alone, "b", 2, Cell::value(20, "y"));
+        assert_eq!(m.approx_bytes(), alone.approx_bytes());
+        assert_eq!(
+            (m.min_timestamp(), m.max_timestamp(), m.max_seq()),
+            (20, 30, 8)
+        );
     }
 
     #[test]

@@ -297,8 +297,9 @@ impl Inner {
                 .next_seq
                 .fetch_add(batch.len() as u64, Ordering::SeqCst);
             self.wal.append(seq, &batch)?;
+            let mut inserter = mem.inserter();
             for (i, m) in batch.into_iter().enumerate() {
-                mem.insert(
+                inserter.insert(
                     m.key.clone(),
                     seq + i as u64,
                     m.cell,
