@@ -259,6 +259,19 @@ impl Memtable {
             .collect()
     }
 
+    /// Calls `f` with every entry in key order, without copying any; stops at its first error.
+    /// The tree stays read-locked throughout, which holds up only the ordering of keys written
+    /// meanwhile: meant for a sealed memtable's flush.
+    pub fn try_for_each<E>(
+        &self,
+        mut f: impl FnMut(&[u8], &Cell) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.order();
+        let tree = self.tree.read();
+        tree.iter()
+            .try_for_each(|(k, slot)| f(&k.key, &slot.lock()))
+    }
+
     /// Moves every key written before the call into the tree: sorted as one batch, which an
     /// empty tree takes whole.
     fn order(&self) {
@@ -546,6 +559,30 @@ mod tests {
         });
         assert_eq!(m.counts(), (1200, 1200));
         assert_eq!(scan(&m, 7).len(), 1200);
+    }
+
+    #[test]
+    fn try_for_each_walks_every_entry_in_order_and_stops_at_an_error() {
+        let m = Memtable::new(vec![]);
+        for k in ["c", "a", "b"] {
+            put(&m, k, 1, Cell::value(1, k));
+        }
+        let mut seen = Vec::new();
+        let all: Result<(), ()> = m.try_for_each(|k, c| {
+            seen.push((Bytes::copy_from_slice(k), c.clone()));
+            Ok(())
+        });
+        assert_eq!((all, seen), (Ok(()), scan(&m, 2)));
+        let mut visited = 0;
+        let stopped = m.try_for_each(|k, _| {
+            visited += 1;
+            if k == b"b" {
+                Err("stop")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!((stopped, visited), (Err("stop"), 2));
     }
 
     #[test]

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::version::Version;
 use super::{deletion_ms, Inner};
 use crate::lsm::cell::{Cell, CellValue};
 use crate::lsm::compaction::{self, PickContext, Task};
 use crate::lsm::error::{Error, Result};
-use crate::lsm::iter::{MemtableIter, MergeIter, Source};
+use crate::lsm::iter::{MergeIter, Source};
 use crate::lsm::manifest::{TableEntry, VersionEdit};
 use crate::lsm::memtable::Memtable;
 use crate::lsm::sstable::{Table, TableBuilder, TableMeta, TableOptions};
@@ -136,8 +134,7 @@ fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
     let table = if mem.is_empty() {
         None
     } else {
-        let source = MemtableIter::new(mem.clone(), Bound::Unbounded);
-        let meta = write_table(inner, number, 0, source)?;
+        let meta = write_memtable(inner, number, mem)?;
         inner.counters.add_flush(meta.file_bytes);
         Some(Table::open(&inner.dir, number, inner.block_cache.clone())?)
     };
@@ -186,26 +183,20 @@ fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
     Ok(())
 }
 
-/// Writes every entry of `source` into one new table.
-fn write_table(
-    inner: &Inner,
-    number: u64,
-    level: u32,
-    source: impl Iterator<Item = Result<(Bytes, Cell)>>,
-) -> Result<TableMeta> {
+/// Writes every entry of a sealed memtable into one new L0 table, encoding each cell where it
+/// lies: copying each out first (a key and a value reference to count up and down, a queue of
+/// chunks) was 2.9% of a load's samples.
+fn write_memtable(inner: &Inner, number: u64, mem: &Memtable) -> Result<TableMeta> {
     let mut builder = TableBuilder::create(
         &inner.dir,
         number,
-        level,
+        0,
         inner.opts.clock.now_ms(),
         &table_options(inner),
     )?;
-    for item in source {
-        let added = item.and_then(|(k, c)| builder.add(&k, &c));
-        if let Err(e) = added {
-            let _ = builder.abandon();
-            return Err(e);
-        }
+    if let Err(e) = mem.try_for_each(|k, c| builder.add(k, c)) {
+        let _ = builder.abandon();
+        return Err(e);
     }
     builder.finish()
 }
