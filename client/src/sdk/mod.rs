@@ -15,7 +15,7 @@ mod routing;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prost::bytes::Bytes;
@@ -147,7 +147,8 @@ struct Inner {
     topology: RwLock<Arc<Topology>>,
     /// Replication per keyspace, for routing. The cell makes concurrent first requests for a
     /// keyspace share one DescribeKeyspace.
-    keyspaces: Mutex<HashMap<String, KeyspaceCell>>,
+    /// Read on every keyed request, written when a keyspace is first used or forgotten.
+    keyspaces: RwLock<HashMap<String, KeyspaceCell>>,
     refreshing: AtomicBool,
     rotation: AtomicUsize,
 }
@@ -196,7 +197,7 @@ impl Client {
                             options,
                             pool,
                             topology: RwLock::new(Arc::new(topology)),
-                            keyspaces: Mutex::new(HashMap::new()),
+                            keyspaces: RwLock::new(HashMap::new()),
                             refreshing: AtomicBool::new(false),
                             rotation: AtomicUsize::new(0),
                         }),
@@ -517,13 +518,13 @@ impl Client {
     }
 
     async fn replication(&self, keyspace: &str) -> Option<Arc<topology::Keyspace>> {
-        let cell = {
-            let mut keyspaces = self.inner.keyspaces.lock().expect("not poisoned");
-            match keyspaces.get(keyspace) {
-                Some(cell) => cell.clone(),
-                None => keyspaces.entry(keyspace.to_owned()).or_default().clone(),
-            }
-        };
+        let known = (self.inner.keyspaces.read().expect("not poisoned"))
+            .get(keyspace)
+            .cloned();
+        let cell = known.unwrap_or_else(|| {
+            let mut keyspaces = self.inner.keyspaces.write().expect("not poisoned");
+            keyspaces.entry(keyspace.to_owned()).or_default().clone()
+        });
         cell.get_or_try_init(|| async {
             let ks = self.describe_keyspace(keyspace).await?;
             Ok::<_, ClientError>(Arc::new(topology::Keyspace::new(
@@ -538,7 +539,7 @@ impl Client {
     fn forget_keyspace(&self, keyspace: &str) {
         self.inner
             .keyspaces
-            .lock()
+            .write()
             .expect("not poisoned")
             .remove(keyspace);
     }
@@ -608,12 +609,18 @@ impl Client {
         let mut candidates =
             topology.candidates(key, rotation, |address| self.inner.pool.is_down(address));
         if candidates.is_empty() {
-            candidates.clone_from(&self.inner.options.endpoints);
+            candidates = self
+                .inner
+                .options
+                .endpoints
+                .iter()
+                .map(String::as_str)
+                .collect();
         }
         let timeout = self.inner.options.request_timeout;
         let mut last = None;
         for address in candidates.into_iter().take(retries + 1) {
-            let node = self.inner.pool.node(&address)?;
+            let node = self.inner.pool.node(address)?;
             let attempt = attempt(node.clone(), request.clone());
             let Attempt { result, epoch } = match timeout {
                 Some(limit) => tokio::time::timeout(limit, attempt)

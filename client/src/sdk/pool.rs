@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -20,6 +20,9 @@ pub(crate) struct NodeConns {
     channels: Vec<Channel>,
     next: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
+    /// Whether `down_until` is set, so that the every-request checks of a node that has not
+    /// failed take no lock and read no clock.
+    marked_down: AtomicBool,
     down_for: Duration,
     /// The pipeline session single-key calls share, opened on first use and again after it
     /// ends.
@@ -78,23 +81,32 @@ impl NodeConns {
     /// After a transport failure the node goes to the back of every candidate list until
     /// `down_for` has passed; then it is tried again like any other.
     pub(crate) fn mark_down(&self) {
-        *self.down_until.lock().expect("not poisoned") = Some(Instant::now() + self.down_for);
+        let mut until = self.down_until.lock().expect("not poisoned");
+        *until = Some(Instant::now() + self.down_for);
+        self.marked_down.store(true, Ordering::Release);
     }
 
     pub(crate) fn mark_up(&self) {
-        *self.down_until.lock().expect("not poisoned") = None;
+        if self.marked_down.load(Ordering::Acquire) {
+            let mut until = self.down_until.lock().expect("not poisoned");
+            *until = None;
+            self.marked_down.store(false, Ordering::Release);
+        }
     }
 
     pub(crate) fn is_down(&self) -> bool {
-        self.down_until
-            .lock()
-            .expect("not poisoned")
-            .is_some_and(|until| Instant::now() < until)
+        self.marked_down.load(Ordering::Acquire)
+            && self
+                .down_until
+                .lock()
+                .expect("not poisoned")
+                .is_some_and(|until| Instant::now() < until)
     }
 }
 
 pub(crate) struct Pool {
-    nodes: Mutex<HashMap<String, Arc<NodeConns>>>,
+    /// Read on every request, written when a node is first used.
+    nodes: RwLock<HashMap<String, Arc<NodeConns>>>,
     channels_per_node: usize,
     connect_timeout: Duration,
     down_for: Duration,
@@ -109,7 +121,7 @@ impl Pool {
         framed_sessions: bool,
     ) -> Pool {
         Pool {
-            nodes: Mutex::new(HashMap::new()),
+            nodes: RwLock::new(HashMap::new()),
             channels_per_node: channels_per_node.max(1),
             connect_timeout,
             down_for,
@@ -119,7 +131,10 @@ impl Pool {
 
     /// The node at `address`, its channels created (but not yet connected) on first use.
     pub(crate) fn node(&self, address: &str) -> Result<Arc<NodeConns>> {
-        let mut nodes = self.nodes.lock().expect("not poisoned");
+        if let Some(node) = self.nodes.read().expect("not poisoned").get(address) {
+            return Ok(node.clone());
+        }
+        let mut nodes = self.nodes.write().expect("not poisoned");
         if let Some(node) = nodes.get(address) {
             return Ok(node.clone());
         }
@@ -138,6 +153,7 @@ impl Pool {
             channels,
             next: AtomicUsize::new(0),
             down_until: Mutex::new(None),
+            marked_down: AtomicBool::new(false),
             down_for: self.down_for,
             session: Mutex::new(None),
             connect_timeout: self.connect_timeout,
@@ -151,7 +167,7 @@ impl Pool {
     /// Whether the client has seen `address` fail recently; unknown addresses are not down.
     pub(crate) fn is_down(&self, address: &str) -> bool {
         self.nodes
-            .lock()
+            .read()
             .expect("not poisoned")
             .get(address)
             .is_some_and(|n| n.is_down())
@@ -161,8 +177,33 @@ impl Pool {
     /// that replaces its nodes over months does not leave the pool growing.
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.nodes
-            .lock()
+            .write()
             .expect("not poisoned")
             .retain(|address, _| keep(address));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(down_for: Duration) -> Pool {
+        Pool::new(1, Duration::from_secs(1), down_for, true)
+    }
+
+    #[tokio::test]
+    async fn a_node_is_down_from_its_failure_until_it_answers_or_its_time_is_up() {
+        let p = pool(Duration::from_secs(3600));
+        let node = p.node("127.0.0.1:1").unwrap();
+        assert!(!p.is_down("127.0.0.1:1") && !p.is_down("127.0.0.1:2"));
+        node.mark_down();
+        assert!(p.is_down("127.0.0.1:1"));
+        node.mark_up();
+        assert!(!p.is_down("127.0.0.1:1"));
+        let brief = pool(Duration::ZERO);
+        let node = brief.node("127.0.0.1:1").unwrap();
+        node.mark_down();
+        assert!(!brief.is_down("127.0.0.1:1"));
+        assert!(Arc::ptr_eq(&node, &brief.node("127.0.0.1:1").unwrap()));
     }
 }
