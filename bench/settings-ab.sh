@@ -10,15 +10,17 @@
 # nodes' CPU per operation. Give each configuration more than once, interleaved: single
 # runs' p99 vary by 2x and more. With --syscalls, each open-loop run also counts the nodes'
 # network, WAL and wake-up system calls per operation (perf's syscall tracepoints; needs perf
-# and permission to trace).
+# and permission to trace). With --events, the nodes log their memtable switches, flushes and
+# compactions (`KV_LOG=info,node::lsm=debug`), and each open-loop run also prints its slowest
+# seconds with what each node's engine did in them.
 #
 #   bench/settings-ab.sh [--rate N] [--seconds S] [--reps N] [--records N] [--peak-ops N]
-#                        [--memtable SIZE] [--syscalls] [--out DIR] CONFIG...
+#                        [--memtable SIZE] [--syscalls] [--events] [--out DIR] CONFIG...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rate=22000 seconds=30 reps=2 records=100000 peak_ops="" memtable="" out="" syscalls=""
+rate=22000 seconds=30 reps=2 records=100000 peak_ops="" memtable="" out="" syscalls="" events=""
 configs=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
         --memtable) memtable=$2; shift ;;
         --out) out=$2; shift ;;
         --syscalls) syscalls=1 ;;
+        --events) events=1 ;;
         -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown flag $1" >&2; exit 2 ;;
         *) configs+=("$1") ;;
@@ -87,6 +90,41 @@ if perf:
 PY
 }
 
+# The SLOWEST_SECONDS seconds of an open-loop run (its progress log $1, started at $2, epoch
+# seconds) whose slowest operation was slowest, each with the engine events the nodes of
+# cluster directory $3 logged in it.
+SLOWEST_SECONDS=4
+engine_events() {
+    python3 - "$1" "$2" "$3" "$SLOWEST_SECONDS" <<'PY'
+import datetime, glob, os, re, sys
+progress, start, cluster, shown = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+seconds = []
+for line in open(progress):
+    m = re.match(r"\[run\]\s+(\d+)s .* slowest ([\d.]+) ms", line)
+    if m:
+        seconds.append((float(m.group(2)), int(m.group(1))))
+events = []
+for log in sorted(glob.glob(f"{cluster}/*/node.log")):
+    node = os.path.basename(os.path.dirname(log))
+    for line in open(log, errors="replace"):
+        if not any(k in line for k in ("switched memtables", "flushed a memtable", "compaction done")):
+            continue
+        if "task=Move" in line:  # a table moved down a level: no data rewritten
+            continue
+        stamp = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+        what = re.sub(r"^\S+\s+\S+\s+\S+\s+", "", line.strip())
+        merge = re.search(r"inputs: \[([^]]*)\], output_level: (\d+).*elapsed_ms=(\d+)", what)
+        if merge:
+            tables = len(merge.group(1).split(","))
+            what = f"merged {tables} tables into L{merge.group(2)} in {merge.group(3)} ms"
+        events.append((stamp - start, node, what[:90]))
+for slowest, second in sorted(seconds, reverse=True)[:shown]:
+    print(f"    second {second}: slowest {slowest} ms")
+    for at, node, what in sorted(e for e in events if second - 1 <= e[0] < second):
+        print(f"      {at:6.2f} s {node}: {what}")
+PY
+}
+
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 echo "p50 / p99 / p99.9 / max per operation"
 i=0
@@ -100,6 +138,7 @@ for config in "${configs[@]}"; do
         *) settings=(--set "$config") ;;
     esac
     warm_memory
+    [ -n "$events" ] && export KV_LOG=info,node::lsm=debug
     "$kvctl" local up --dir "$cluster" --dcs 1 --nodes-per-dc 3 --kv-node "$node_bin" \
         "${bench_node_settings[@]}" "${settings[@]}" >/dev/null
     trap '"$kvctl" --dir "$cluster" local down >/dev/null 2>&1 || true' EXIT
@@ -122,11 +161,13 @@ for config in "${configs[@]}"; do
             count_syscalls "kv-node.*$cluster" "${perf_out[0]}" &
             perf_pid=$!
         fi
+        started=$(date +%s.%N)
         "$kvctl" bench "${common[@]}" --phase run --inflight 1024 --rate "$rate" \
             --ops $((rate * seconds)) >"$out/c$i-r$r.json" 2>"$out/c$i-r$r.log"
         if [ -n "$syscalls" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
         summary "$out/c$i-r$r.json" "[$i] $config run $r" \
             $(($(server_ticks "kv-node.*$cluster") - before)) "${perf_out[@]}"
+        if [ -n "$events" ]; then engine_events "$out/c$i-r$r.log" "$started" "$cluster"; fi
     done
     "$kvctl" --dir "$cluster" local down >/dev/null
     trap - EXIT
