@@ -309,7 +309,8 @@ impl Memtable {
         self.approx_bytes.load(AtOrd::Relaxed)
     }
 
-    /// True until the first write; every entry is charged to `approx_bytes`.
+    /// True until the first write batch is done: an entry is charged to `approx_bytes` when
+    /// its [`Inserter`] is dropped.
     pub fn is_empty(&self) -> bool {
         self.approx_bytes() == 0
     }
