@@ -150,7 +150,7 @@ impl Default for Engine {
             memtable_bytes: ByteSize::mib(64),
             memtable_jitter_percent: 25,
             block_bytes: ByteSize::kib(16),
-            block_cache_bytes: ByteSize::mib(64),
+            block_cache_bytes: ByteSize::gib(1),
             row_cache_bytes: ByteSize(0),
             compaction_throughput_mib_per_sec: 0,
             background_nice: 10,

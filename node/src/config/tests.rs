@@ -719,7 +719,7 @@ fn memory_prefault_follows_the_engine_budget_unless_set() {
     let defaults = NodeConfig::default();
     assert_eq!(
         defaults.memory_prefault_bytes(),
-        (2 * 3 * 64 + 64 + 64) << 20
+        (2 * 3 * 64 + 1024 + 64) << 20
     );
     let small = NodeConfig::from_toml(
         "[engine]\nmemtable_bytes = \"8MiB\"\nblock_cache_bytes = \"16MiB\"\nrow_cache_bytes = \"4MiB\"",

@@ -6,6 +6,7 @@ use super::error::{Error, Result};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
+const GIB: usize = 1024 * MIB;
 /// Past half, memtables would flush at a fraction of their size for no further gain: a
 /// quarter already spreads the replicas' flushes apart within a few cycles.
 pub const MEMTABLE_JITTER_PERCENT_MAX: u32 = 50;
@@ -165,7 +166,7 @@ impl Default for Options {
             block_bytes: 16 * KIB,
             compression: Compression::Lz4,
             bloom_bits_per_key: 10,
-            block_cache_bytes: 64 * MIB,
+            block_cache_bytes: GIB,
             row_cache_bytes: 0,
             compaction: CompactionStrategy::leveled(),
             l0_slowdown_files: 20,
