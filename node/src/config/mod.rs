@@ -256,7 +256,7 @@ impl Default for Leveled {
     fn default() -> Self {
         Leveled {
             l0_trigger_files: 4,
-            l1_bytes: ByteSize::mib(10),
+            l1_bytes: ByteSize::mib(256),
             level_multiplier: 10,
             table_bytes_target: ByteSize::mib(8),
         }

@@ -402,12 +402,23 @@ mod tests {
     #[test]
     fn oversized_level_pushes_the_cheapest_table_down() {
         let none = HashSet::new();
+        let strategy = CompactionStrategy::Leveled {
+            l0_trigger_files: 4,
+            l1_bytes: 10 * MIB,
+            level_multiplier: 10,
+            table_bytes_target: 8 * MIB,
+        };
         let tables = vec![
             table(1, 1, 6, ("a", "c")),
             table(2, 1, 6, ("d", "f")),
             table(3, 2, 50, ("a", "c")),
         ];
-        let task = pick(&CompactionStrategy::leveled(), &cx(&tables, &none)).unwrap();
+        assert_eq!(
+            pick(&CompactionStrategy::leveled(), &cx(&tables, &none)),
+            None,
+            "12 MiB is within the default L1"
+        );
+        let task = pick(&strategy, &cx(&tables, &none)).unwrap();
         assert_eq!(
             task,
             Task::Move {
