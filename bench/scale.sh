@@ -2,7 +2,8 @@
 # How cost grows (docs/benchmarks.md "How cost grows"): YCSB-A at QUORUM, closed loop,
 #  - nodes: 3, 6 and 9 nodes on this machine (RF 3), CPU per operation summed over the nodes;
 #  - records: 100k, 1M and 10M records of VALUE_SIZE bytes on 3 nodes, throughput and p99.
-# CPU is read from /proc for every kv-node of the cluster around the run phase.
+# CPU is read from /proc for every kv-node of the cluster around the run phase. Each node gets
+# the bench settings (bench/lib.sh), so 9 nodes touch 13 GiB of heap at start.
 #
 #   bench/scale.sh [nodes|records|all] [--value-size BYTES] [--ops N] [--out DIR]
 set -euo pipefail

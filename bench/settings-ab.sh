@@ -43,7 +43,7 @@ if [ ${#configs[@]} -eq 0 ]; then
     echo "name at least one configuration (a --set assignment, or default)" >&2
     exit 2
 fi
-if [ -n "$memtable" ]; then bench_node_settings=(--set "engine.memtable_bytes=\"$memtable\"" "${bench_prefault[@]}"); fi
+if [ -n "$memtable" ]; then bench_node_settings=(--set "engine.memtable_bytes=\"$memtable\"" "${bench_block_cache[@]}" "${bench_prefault[@]}"); fi
 peak_ops=${peak_ops:-$((records * 3))}
 out=${out:-$(mktemp -d -t kv-ab.XXXXXX)}
 mkdir -p "$out"

@@ -24,6 +24,9 @@ pub const DEFAULT_PORT_BASE: u16 = 9042;
 
 /// Small memtables keep a cluster of many nodes on one machine within a few hundred MiB.
 const MEMTABLE_BYTES: &str = "8MiB";
+/// And a small block cache: at the node's default of 1 GiB, nine nodes whose data is read
+/// could grow to 9 GiB. The bench scripts set the default back.
+const BLOCK_CACHE_BYTES: &str = "64MiB";
 /// No heap touched at start: it would hold 184 MiB per node from the first second (the node's
 /// default for 8 MiB memtables), 1.7 GiB for nine nodes. The bench scripts turn it back on.
 const MEMORY_PREFAULT_BYTES: &str = "0B";
@@ -180,6 +183,7 @@ struct ListenToml {
 #[derive(Serialize)]
 struct EngineToml {
     memtable_bytes: &'static str,
+    block_cache_bytes: &'static str,
 }
 
 /// Faster rounds and less tolerance than production: on one machine a stopped node should be
@@ -237,6 +241,7 @@ pub fn node_toml(
         },
         engine: EngineToml {
             memtable_bytes: MEMTABLE_BYTES,
+            block_cache_bytes: BLOCK_CACHE_BYTES,
         },
         gossip: GOSSIP,
         wan_latency_ms,
@@ -386,6 +391,7 @@ mod tests {
         assert_eq!(value["data_dir"].as_str(), Some("/tmp/c/dc2-n1/data"));
         assert_eq!(value["listen"]["client"].as_str(), Some("127.0.2.1:9042"));
         assert_eq!(value["engine"]["memtable_bytes"].as_str(), Some("8MiB"));
+        assert_eq!(value["engine"]["block_cache_bytes"].as_str(), Some("64MiB"));
         assert_eq!(value["memory_prefault_bytes"].as_str(), Some("0B"));
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as i64;
         let share = (cores / 3).max(1);
