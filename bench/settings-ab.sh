@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A/B of node settings or builds by open-loop tail latency. For each configuration given, in
-# the order given — a `--set` assignment for every node, `default`, or `kv-node=PATH` for
-# another build of the node with default settings (e.g. a copy of target/release/kv-node from
-# before a change) — a fresh 3-node cluster loads RECORDS records, runs YCSB-A closed loop
+# the order given — `--set` assignments for every node (several joined by `;`), `default`, or
+# `kv-node=PATH` for another build of the node with default settings (e.g. a copy of
+# target/release/kv-node from before a change) — a fresh 3-node cluster loads RECORDS records, runs YCSB-A closed loop
 # (its peak), then REPS open-loop runs at RATE ops/s for SECONDS each, each after the
 # compactions earlier runs left. Prints the load's and the peak's rate and the nodes' CPU per
 # operation in each (CPU per operation at peak moves less from run to run than the peak
@@ -135,7 +135,7 @@ for config in "${configs[@]}"; do
     case $config in
         default) ;;
         kv-node=*) node_bin=${config#kv-node=} ;;
-        *) settings=(--set "$config") ;;
+        *) IFS=";" read -ra assignments <<<"$config"; settings=(); for a in "${assignments[@]}"; do settings+=(--set "$a"); done ;;
     esac
     warm_memory
     [ -n "$events" ] && export KV_LOG=info,node::lsm=debug
