@@ -2,12 +2,12 @@
 # A/B of node settings or builds by open-loop tail latency. For each configuration given, in
 # the order given — `--set` assignments for every node (several joined by `;`), `default`, or
 # `kv-node=PATH` for another build of the node with default settings (e.g. a copy of
-# target/release/kv-node from before a change) — a fresh 3-node cluster loads RECORDS records, runs YCSB-A closed loop
-# (its peak), then REPS open-loop runs at RATE ops/s for SECONDS each, each after the
-# compactions earlier runs left. Prints the load's and the peak's rate and the nodes' CPU per
-# operation in each (CPU per operation at peak moves less from run to run than the peak
-# itself), then one line per open-loop run: p50 / p99 / p99.9 / max per operation and the
-# nodes' CPU per operation. Give each configuration more than once, interleaved: single
+# target/release/kv-node from before a change) — a fresh 3-node cluster loads RECORDS records,
+# runs YCSB-A closed loop (its peak), then REPS open-loop runs at RATE ops/s for SECONDS each,
+# each after the compactions earlier runs left. Prints the load's and the peak's rate and the
+# nodes' CPU per operation in each (CPU per operation at peak moves less from run to run than
+# the peak itself), then one line per open-loop run: p50 / p99 / p99.9 / max per operation and
+# the nodes' CPU per operation. Give each configuration more than once, interleaved: single
 # runs' p99 vary by 2x and more. With --syscalls, each open-loop run also counts the nodes'
 # network, WAL and wake-up system calls per operation (perf's syscall tracepoints; needs perf
 # and permission to trace). With --events, the nodes log their memtable switches, flushes and
@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift ;;
         --syscalls) syscalls=1 ;;
         --events) events=1 ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown flag $1" >&2; exit 2 ;;
         *) configs+=("$1") ;;
     esac
