@@ -23,6 +23,7 @@ impl NodeConfig {
             row_cache_bytes: e.row_cache_bytes.as_usize(),
             compaction: e.compaction.strategy(),
             compaction_bytes_per_sec: e.compaction_throughput_mib_per_sec.saturating_mul(MIB),
+            background_pace_ms_max: e.background_pace_ms_max,
             background_nice: e.background_nice,
             background_sched_idle: e.background_sched_idle,
             gc_grace_ms: self.engine_gc_grace_ms(),

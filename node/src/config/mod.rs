@@ -135,6 +135,9 @@ pub struct Engine {
     pub row_cache_bytes: ByteSize,
     /// 0 leaves compaction unthrottled.
     pub compaction_throughput_mib_per_sec: u64,
+    /// While their backlog is small, flushes and compactions spread their CPU over up to this
+    /// long; 0 runs them flat out.
+    pub background_pace_ms_max: u64,
     /// Nice value of flush and compaction threads, 0..=19.
     pub background_nice: i32,
     /// Flush and compaction threads under SCHED_IDLE (Linux): they run only on idle cores.
@@ -153,6 +156,7 @@ impl Default for Engine {
             block_cache_bytes: ByteSize::gib(1),
             row_cache_bytes: ByteSize(0),
             compaction_throughput_mib_per_sec: 0,
+            background_pace_ms_max: crate::lsm::BACKGROUND_PACE_MS_DEFAULT,
             background_nice: 10,
             background_sched_idle: false,
             sync: SyncConfig::default(),

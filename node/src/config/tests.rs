@@ -71,6 +71,7 @@ fn defaults_are_the_engine_and_detector_defaults() {
         engine.compaction_bytes_per_sec
     );
     assert_eq!(ours.background_nice, engine.background_nice);
+    assert_eq!(ours.background_pace_ms_max, engine.background_pace_ms_max);
     // A lone engine has no replicas to fall in step with; a node does.
     assert_eq!(
         (engine.memtable_jitter_percent, ours.memtable_jitter_percent),
@@ -345,6 +346,11 @@ fn every_validation_error_names_its_field() {
             |c| c.engine.background_nice = -5,
             "engine.background_nice",
             "-5 is outside 0..=19",
+        ),
+        (
+            |c| c.engine.background_pace_ms_max = 86_400_000,
+            "engine.background_pace_ms_max",
+            "86400000 is above 60000 ms",
         ),
         (
             |c| {
@@ -637,6 +643,7 @@ fn engine_options_carry_every_setting() {
         block_cache_bytes: ByteSize::mib(128),
         row_cache_bytes: ByteSize(0),
         compaction_throughput_mib_per_sec: 16,
+        background_pace_ms_max: 1500,
         background_nice: 19,
         background_sched_idle: true,
         sync: SyncConfig::Always {},
@@ -658,6 +665,7 @@ fn engine_options_carry_every_setting() {
     assert_eq!(options.block_cache_bytes, 128 << 20);
     assert_eq!(options.row_cache_bytes, 0);
     assert_eq!(options.compaction_bytes_per_sec, 16 << 20);
+    assert_eq!(options.background_pace_ms_max, 1500);
     assert_eq!(options.background_nice, 19);
     assert!(options.background_sched_idle);
     assert_eq!(options.sync, SyncPolicy::Always);

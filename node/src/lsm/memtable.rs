@@ -259,17 +259,23 @@ impl Memtable {
             .collect()
     }
 
-    /// Calls `f` with every entry in key order, without copying any; stops at its first error.
-    /// The tree stays read-locked throughout, which holds up only the ordering of keys written
-    /// meanwhile: meant for a sealed memtable's flush.
-    pub fn try_for_each<E>(
+    /// Calls `entry` with every entry in key order, without copying any, and `between` after
+    /// each one once its cell is unlocked again (so `between` may sleep without holding up a
+    /// reader of that key); both are handed `state`. Stops at the first error. The tree stays
+    /// read-locked throughout, which holds up only the ordering of keys written meanwhile:
+    /// meant for a sealed memtable's flush.
+    pub fn try_for_each<S, E>(
         &self,
-        mut f: impl FnMut(&[u8], &Cell) -> Result<(), E>,
+        state: &mut S,
+        mut entry: impl FnMut(&mut S, &[u8], &Cell) -> Result<(), E>,
+        mut between: impl FnMut(&mut S) -> Result<(), E>,
     ) -> Result<(), E> {
         self.order();
         let tree = self.tree.read();
-        tree.iter()
-            .try_for_each(|(k, slot)| f(&k.key, &slot.lock()))
+        tree.iter().try_for_each(|(k, slot)| {
+            entry(state, &k.key, &slot.lock())?;
+            between(state)
+        })
     }
 
     /// Moves every key written before the call into the tree: sorted as one batch, which an
@@ -569,20 +575,37 @@ mod tests {
             put(&m, k, 1, Cell::value(1, k));
         }
         let mut seen = Vec::new();
-        let all: Result<(), ()> = m.try_for_each(|k, c| {
-            seen.push((Bytes::copy_from_slice(k), c.clone()));
-            Ok(())
-        });
-        assert_eq!((all, seen), (Ok(()), scan(&m, 2)));
-        let mut visited = 0;
-        let stopped = m.try_for_each(|k, _| {
-            visited += 1;
-            if k == b"b" {
-                Err("stop")
-            } else {
+        let mut gaps = 0;
+        let all: Result<(), ()> = m.try_for_each(
+            &mut seen,
+            |seen, k, c| {
+                seen.push((Bytes::copy_from_slice(k), c.clone()));
                 Ok(())
-            }
-        });
+            },
+            |seen| {
+                gaps += 1;
+                let (last, _) = seen.last().expect("an entry came first");
+                assert!(
+                    m.get(last).is_some(),
+                    "the cell is unlocked between entries"
+                );
+                Ok(())
+            },
+        );
+        assert_eq!((all, seen, gaps), (Ok(()), scan(&m, 2), 3));
+        let mut visited = 0;
+        let stopped = m.try_for_each(
+            &mut visited,
+            |visited, k, _| {
+                *visited += 1;
+                if k == b"b" {
+                    Err("stop")
+                } else {
+                    Ok(())
+                }
+            },
+            |_| Ok(()),
+        );
         assert_eq!((stopped, visited), (Err("stop"), 2));
     }
 

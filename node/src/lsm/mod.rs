@@ -20,7 +20,9 @@ pub use cell::{Cell, CellValue, LastWriteWins, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{Db, DbStats, Scan};
 pub use error::{Error, Result};
-pub use options::{CompactionStrategy, Compression, Options, SyncPolicy};
+pub use options::{
+    CompactionStrategy, Compression, Options, SyncPolicy, BACKGROUND_PACE_MS_DEFAULT,
+};
 
 use bytes::Bytes;
 

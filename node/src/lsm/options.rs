@@ -10,6 +10,11 @@ const GIB: usize = 1024 * MIB;
 /// Past half, memtables would flush at a fraction of their size for no further gain: a
 /// quarter already spreads the replicas' flushes apart within a few cycles.
 pub const MEMTABLE_JITTER_PERCENT_MAX: u32 = 50;
+/// Long enough to spread an L0 -> L1 merge's few hundred ms of CPU thin; short beside the
+/// several memtables' worth of writes it takes L0 to refill.
+pub const BACKGROUND_PACE_MS_DEFAULT: u64 = 4000;
+/// Past a minute a paced job would hold its inputs, and the flushed WAL, for no further gain.
+pub const BACKGROUND_PACE_MS_MAX: u64 = 60_000;
 
 /// When the WAL is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +141,10 @@ pub struct Options {
     pub l0_stop_files: usize,
     /// Background compaction bandwidth (bytes written per second); 0 means unthrottled.
     pub compaction_bytes_per_sec: u64,
+    /// While their backlog is small, a flush is spread over half the time its memtable took
+    /// to fill and a compaction over this long, at most (0: both run flat out). See
+    /// `db/pace.rs`.
+    pub background_pace_ms_max: u64,
     /// Nice value of the flush and compaction threads (0..=19; 0 leaves them at the
     /// process's): a burst of background work then takes the CPU the request threads leave
     /// idle instead of sharing it evenly with them.
@@ -176,6 +185,7 @@ impl Default for Options {
             l0_slowdown_files: 20,
             l0_stop_files: 36,
             compaction_bytes_per_sec: 0,
+            background_pace_ms_max: BACKGROUND_PACE_MS_DEFAULT,
             background_nice: 10,
             background_sched_idle: false,
             gc_grace_ms: 10 * 24 * 3600 * 1000,
@@ -245,6 +255,15 @@ impl Options {
             return bad(
                 "background_nice",
                 format!("{} is outside 0..=19", self.background_nice),
+            );
+        }
+        if self.background_pace_ms_max > BACKGROUND_PACE_MS_MAX {
+            return bad(
+                "background_pace_ms_max",
+                format!(
+                    "{} is above {BACKGROUND_PACE_MS_MAX} ms",
+                    self.background_pace_ms_max
+                ),
             );
         }
         if self.bloom_bits_per_key > 32 {

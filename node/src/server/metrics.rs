@@ -15,7 +15,7 @@ type EngineSeries = (
 
 /// What an operator watches to tell whether the engines keep up: compaction backlog, L0,
 /// memtables waiting for flush, and the writes that waited for any of them.
-const ENGINE_SERIES: [EngineSeries; 15] = [
+const ENGINE_SERIES: [EngineSeries; 16] = [
     (
         "kv_engine_compactions_pending",
         "compaction tasks the strategy would start now",
@@ -102,6 +102,12 @@ const ENGINE_SERIES: [EngineSeries; 15] = [
         "writes delayed because L0 passed its slowdown mark",
         "counter",
         |s| s.write_slowdowns,
+    ),
+    (
+        "kv_engine_background_paced_microseconds_total",
+        "time flushes and compactions slept to spread their CPU while their backlog was small",
+        "counter",
+        |s| s.background_paced_micros,
     ),
 ];
 

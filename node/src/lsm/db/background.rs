@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::pace::Pacer;
 use super::version::Version;
 use super::{deletion_ms, Inner};
 use crate::lsm::cell::{Cell, CellValue};
@@ -19,8 +20,10 @@ use crate::lsm::sstable::{Table, TableBuilder, TableMeta, TableOptions};
 
 /// How often idle workers look again: time alone can make work (expiry, GC horizons).
 const IDLE_TICK_MS: u64 = 1000;
-/// Entries between checks for shutdown and the I/O throttle during a compaction.
+/// Entries between checks for shutdown and pace during a compaction.
 const CHECK_EVERY_ENTRIES: u64 = 4096;
+/// Entries between checks of a flush's pace: about 1 MiB of YCSB's 1 KB values.
+const FLUSH_CHECK_EVERY_ENTRIES: u64 = 1024;
 
 /// Starts the flush and compaction workers. If one cannot be started, those already running
 /// are told to stop and the error is returned.
@@ -194,7 +197,21 @@ fn write_memtable(inner: &Inner, number: u64, mem: &Memtable) -> Result<TableMet
         inner.opts.clock.now_ms(),
         &table_options(inner),
     )?;
-    if let Err(e) = mem.try_for_each(|k, c| builder.add(k, c)) {
+    let mut pacer = Pacer::new(mem.approx_bytes() as u64, inner.flush_pace(), 0);
+    let mut added = 0u64;
+    let written = mem.try_for_each(
+        &mut builder,
+        |builder, k, c| builder.add(k, c),
+        |builder| {
+            added += 1;
+            if added.is_multiple_of(FLUSH_CHECK_EVERY_ENTRIES) {
+                let slept = pacer.rest(builder.estimated_bytes(), || inner.flush_backlog_high());
+                inner.counters.add_paced(slept);
+            }
+            Ok(())
+        },
+    );
+    if let Err(e) = written {
         let _ = builder.abandon();
         return Err(e);
     }
@@ -374,10 +391,9 @@ fn merge(
         it.seek_to_first()?;
         sources.push(Box::new(it));
     }
-    inner
-        .counters
-        .add_compaction_read(tables.iter().map(|t| t.meta().file_bytes).sum());
-    let mut out = Outputs::new(inner, level, target);
+    let read_bytes = tables.iter().map(|t| t.meta().file_bytes).sum();
+    inner.counters.add_compaction_read(read_bytes);
+    let mut out = Outputs::new(inner, level, target, read_bytes);
     let mut seen = 0u64;
     for item in MergeIter::new(sources, inner.opts.merge_rule.clone(), Bound::Unbounded) {
         let (key, cell) = item?;
@@ -385,7 +401,7 @@ fn merge(
             out.add(&key, &cell)?;
         }
         seen += 1;
-        if seen.is_multiple_of(CHECK_EVERY_ENTRIES) && !out.pace() {
+        if seen.is_multiple_of(CHECK_EVERY_ENTRIES) && !out.rest() {
             out.abandon();
             return Ok(None);
         }
@@ -455,25 +471,30 @@ impl<'a> Gc<'a> {
     }
 }
 
-/// The tables a compaction writes, cut at the target size, paced by the I/O throttle.
+/// The tables a compaction writes, cut at the target size, paced by the backlog and the
+/// operator's bandwidth cap.
 struct Outputs<'a> {
     inner: &'a Inner,
     level: u32,
     target: Option<u64>,
     current: Option<TableBuilder>,
     done: Vec<TableMeta>,
-    started: Instant,
+    pacer: Pacer,
 }
 
 impl<'a> Outputs<'a> {
-    fn new(inner: &'a Inner, level: u32, target: Option<u64>) -> Self {
+    fn new(inner: &'a Inner, level: u32, target: Option<u64>, input_bytes: u64) -> Self {
         Outputs {
             inner,
             level,
             target,
             current: None,
             done: Vec::new(),
-            started: Instant::now(),
+            pacer: Pacer::new(
+                input_bytes,
+                inner.compaction_pace(input_bytes),
+                inner.opts.compaction_bytes_per_sec,
+            ),
         }
     }
 
@@ -511,16 +532,13 @@ impl<'a> Outputs<'a> {
             + self.current.as_ref().map_or(0, |b| b.estimated_bytes())
     }
 
-    /// Sleeps as long as the throttle asks; false if the database is shutting down.
-    fn pace(&self) -> bool {
-        let rate = self.inner.opts.compaction_bytes_per_sec;
-        if rate > 0 {
-            let due = Duration::from_secs_f64(self.written_bytes() as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-                std::thread::sleep(wait.min(Duration::from_millis(IDLE_TICK_MS)));
-            }
-        }
-        !self.inner.bg.lock().shutdown
+    /// Sleeps off any lead on the pace; false if the database is shutting down.
+    fn rest(&mut self) -> bool {
+        let inner = self.inner;
+        let written = self.written_bytes();
+        let slept = self.pacer.rest(written, || inner.compaction_backlog_high());
+        inner.counters.add_paced(slept);
+        !inner.bg.lock().shutdown
     }
 
     fn abandon(mut self) {

@@ -3,6 +3,7 @@
 //! flush and compaction workers.
 
 mod background;
+mod pace;
 mod recovery;
 mod stats;
 mod version;
@@ -80,6 +81,10 @@ struct Inner {
     bg_cond: Condvar,
     closed: AtomicBool,
     counters: Counters,
+    /// Wall-clock ms at which the live memtable started filling.
+    memtable_started_ms: AtomicU64,
+    /// How long the last memtable switched for being full took to fill; 0 before one has.
+    memtable_fill_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -89,6 +94,9 @@ struct BgState {
     compactions_running: usize,
     compaction_wanted: bool,
     shutdown: bool,
+    /// Callers waiting in `flush` or `wait_for_compactions`: background work is not paced
+    /// while there are any.
+    waiters: usize,
 }
 
 impl Db {
@@ -426,9 +434,13 @@ impl Inner {
     }
 
     fn switch_due(&self, force: bool) -> bool {
+        !self.write_gate.read().is_empty()
+            && (force || self.memtable_full() || self.wal.needs_rotation())
+    }
+
+    fn memtable_full(&self) -> bool {
         let mem = self.write_gate.read();
-        let full = mem.approx_bytes() >= self.switch_bytes(&mem);
-        !mem.is_empty() && (force || full || self.wal.needs_rotation())
+        mem.approx_bytes() >= self.switch_bytes(&mem)
     }
 
     /// Seals the memtable and starts a new one on a new WAL segment. The segment is made
@@ -440,6 +452,7 @@ impl Inner {
         if !self.switch_due(force) {
             return Ok(());
         }
+        let full = self.memtable_full();
         let segment = self.next_file.fetch_add(1, Ordering::SeqCst);
         {
             let _edit = self.edit_lock.lock();
@@ -462,6 +475,7 @@ impl Inner {
                 .collect();
             *version = Arc::new(version.with_memtables(fresh, imm));
         }
+        self.note_memtable_switch(full);
         let held_us = held.elapsed().as_micros() as u64;
         self.wake_background();
         tracing::debug!(held_us, "switched memtables");
@@ -536,19 +550,22 @@ impl Inner {
     /// Blocks until `done` holds, failing if a background error occurs first.
     fn wait_until(&self, done: impl Fn(&Version, &BgState) -> bool) -> Result<()> {
         let mut bg = self.bg.lock();
-        loop {
+        bg.waiters += 1;
+        let outcome = loop {
             if let Some(e) = &bg.error {
-                return Err(Error::BackgroundFailed(e.clone()));
+                break Err(Error::BackgroundFailed(e.clone()));
             }
             if done(&self.current(), &bg) {
-                return Ok(());
+                break Ok(());
             }
             if bg.shutdown {
-                return Err(Error::Closed);
+                break Err(Error::Closed);
             }
             self.bg_cond
                 .wait_for(&mut bg, Duration::from_millis(STALL_POLL_MS));
-        }
+        };
+        bg.waiters -= 1;
+        outcome
     }
 
     /// Wall-clock ms before which deleted cells may be purged; never later than now, whatever

@@ -87,6 +87,8 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         bg_cond: Condvar::new(),
         closed: AtomicBool::new(false),
         counters: Counters::default(),
+        memtable_started_ms: AtomicU64::new(opts.clock.now_ms()),
+        memtable_fill_ms: AtomicU64::new(0),
         opts,
     })
 }

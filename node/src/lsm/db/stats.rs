@@ -22,6 +22,7 @@ pub(super) struct Counters {
     stalls: AtomicU64,
     stall_micros: AtomicU64,
     slowdowns: AtomicU64,
+    paced_micros: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -63,6 +64,10 @@ impl Counters {
         bump(&self.slowdowns, 1);
     }
 
+    pub fn add_paced(&self, slept: Duration) {
+        bump(&self.paced_micros, slept.as_micros() as u64);
+    }
+
     pub fn snapshot(
         &self,
         v: &Version,
@@ -84,6 +89,7 @@ impl Counters {
             write_stalls: get(&self.stalls),
             write_stall_micros: get(&self.stall_micros),
             write_slowdowns: get(&self.slowdowns),
+            background_paced_micros: get(&self.paced_micros),
             memtable_bytes: v.mem.approx_bytes() as u64,
             immutable_memtables: v.imm.len(),
             tables_per_level: v.levels.iter().map(|l| l.len()).collect(),
@@ -119,6 +125,8 @@ pub struct DbStats {
     pub write_stall_micros: u64,
     /// Writes delayed because L0 passed its slowdown mark.
     pub write_slowdowns: u64,
+    /// Time flushes and compactions slept to keep to their pace while the backlog was small.
+    pub background_paced_micros: u64,
     pub memtable_bytes: u64,
     pub immutable_memtables: usize,
     pub tables_per_level: Vec<usize>,

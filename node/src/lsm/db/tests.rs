@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::lsm::clock::{hlc_from_physical_ms, ManualClock};
-use crate::lsm::options::SyncPolicy;
+use crate::lsm::options::{Compression, SyncPolicy};
 
 const T0_MS: u64 = 1_700_000_000_000;
 
@@ -805,4 +805,86 @@ fn memtables_switch_at_a_jittered_size_that_differs_by_seed() {
         small_opts(Arc::new(ManualClock::new(T0_MS))),
     );
     assert!(sizes(&plain.unwrap()).iter().all(|&s| s == full));
+}
+
+/// Options for the pacing tests: 4 MiB memtables of incompressible values, so a flush
+/// writes about what the memtable holds and passes several pace checks.
+fn pacing_opts(clock: Arc<ManualClock>, pace_ms_max: u64) -> Options {
+    Options {
+        memtable_bytes: 4 << 20,
+        compression: Compression::None,
+        background_pace_ms_max: pace_ms_max,
+        ..small_opts(clock)
+    }
+}
+
+/// Writes 1 KB values until the memtable is switched for being full, `fill_ms` after it
+/// started by `clock`, and returns the keys written.
+fn fill_one_memtable(db: &Db, clock: &ManualClock, fill_ms: u64) -> Vec<Vec<u8>> {
+    clock.advance(fill_ms);
+    let mut keys = Vec::new();
+    for i in 0u64.. {
+        let key = format!("key{i:08}").into_bytes();
+        let value: Vec<u8> = (0..128u64)
+            .flat_map(|j| xxhash_rust::xxh3::xxh3_64(&(i * 128 + j).to_le_bytes()).to_le_bytes())
+            .collect();
+        db.put(&key, Cell::value(ts(i), value)).unwrap();
+        keys.push(key);
+        if db.stats().immutable_memtables > 0 || db.stats().flushes > 0 {
+            return keys;
+        }
+        assert!(i < 100_000, "the memtable never switched");
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_flush_is_spread_over_half_its_memtables_fill_time_while_writes_are_light() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 4000)).unwrap();
+    let keys = fill_one_memtable(&db, &clock, 1200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.stats().flushes == 0 || db.stats().immutable_memtables > 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", db.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let paced_ms = db.stats().background_paced_micros / 1000;
+    assert!(
+        (300..=650).contains(&paced_ms),
+        "a 600 ms pace slept {paced_ms} ms"
+    );
+    for key in &keys {
+        assert!(db.get(key).unwrap().is_some());
+    }
+}
+
+#[test]
+fn a_caller_waiting_for_a_flush_ends_its_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 4000)).unwrap();
+    fill_one_memtable(&db, &clock, 60_000);
+    let started = std::time::Instant::now();
+    db.flush().unwrap();
+    let paced_ms = db.stats().background_paced_micros / 1000;
+    assert!(
+        started.elapsed() < Duration::from_secs(2) && paced_ms < 1000,
+        "flush waited {:?}, paced {paced_ms} ms of a 4 s pace",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn no_pace_leaves_flushes_flat_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 0)).unwrap();
+    fill_one_memtable(&db, &clock, 60_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.stats().flushes == 0 || db.stats().immutable_memtables > 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", db.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(db.stats().background_paced_micros, 0);
 }
