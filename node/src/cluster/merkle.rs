@@ -109,7 +109,9 @@ pub fn cell_hash(engine_key: &[u8], cell: &Cell) -> u64 {
     let mut h = Xxh3::new();
     h.update(&(engine_key.len() as u32).to_le_bytes());
     h.update(engine_key);
-    cell.encode_parts(|part| h.update(part));
+    let mut buf = Vec::with_capacity(cell.encoded_len());
+    cell.encode_into(&mut buf);
+    h.update(&buf);
     h.digest()
 }
 

@@ -17,7 +17,12 @@ pub enum ReadResponse {
 /// canonical: one encoding per cell), and of the empty string for "no cell" — an encoded
 /// cell is at least 9 bytes, so the two never share an input.
 pub fn digest(cell: Option<&Cell>) -> u64 {
-    cell.map_or_else(|| xxh3_64(&[]), Cell::content_hash)
+    let mut buf = Vec::new();
+    if let Some(c) = cell {
+        buf.reserve(c.encoded_len());
+        c.encode_into(&mut buf);
+    }
+    xxh3_64(&buf)
 }
 
 /// Whether the digest replicas agree with the data replica.

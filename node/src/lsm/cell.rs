@@ -2,11 +2,9 @@
 
 use std::cmp::Reverse;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
-use xxhash_rust::xxh3::Xxh3;
-
-use super::codec::{get_u64_le, get_varint, varint_bytes, VARINT_BYTES_MAX};
+use super::codec::{get_u64_le, get_varint, put_varint};
 
 /// A versioned value or tombstone.
 ///
@@ -127,46 +125,29 @@ impl Cell {
     /// | value length    | varint      | not a tombstone               |
     /// | value           | that many   | not a tombstone               |
     pub fn encode_into(&self, buf: &mut Vec<u8>) {
-        self.encode_parts(|part| buf.extend_from_slice(part));
-    }
-
-    /// Hands `part` the encoding above in pieces, in order, without copying the value or the
-    /// causal context: hashing a cell this way (see [`Cell::content_hash`]) spares the copy.
-    pub fn encode_parts(&self, mut part: impl FnMut(&[u8])) {
-        let mut head = [0u8; 1 + 8 + 8 + VARINT_BYTES_MAX];
-        let mut n = 1;
+        let mut flags = 0;
         if self.is_tombstone() {
-            head[0] |= FLAG_TOMBSTONE;
+            flags |= FLAG_TOMBSTONE;
         }
-        head[n..n + 8].copy_from_slice(&self.timestamp.to_le_bytes());
-        n += 8;
+        if self.expires_at_ms.is_some() {
+            flags |= FLAG_EXPIRY;
+        }
+        if !self.causal.is_empty() {
+            flags |= FLAG_CAUSAL;
+        }
+        buf.push(flags);
+        buf.put_u64_le(self.timestamp);
         if let Some(e) = self.expires_at_ms {
-            head[0] |= FLAG_EXPIRY;
-            head[n..n + 8].copy_from_slice(&e.to_le_bytes());
-            n += 8;
+            buf.put_u64_le(e);
         }
         if !self.causal.is_empty() {
-            head[0] |= FLAG_CAUSAL;
-            let (len, len_bytes) = varint_bytes(self.causal.len() as u64);
-            head[n..n + len_bytes].copy_from_slice(&len[..len_bytes]);
-            n += len_bytes;
-        }
-        part(&head[..n]);
-        if !self.causal.is_empty() {
-            part(&self.causal);
+            put_varint(buf, self.causal.len() as u64);
+            buf.extend_from_slice(&self.causal);
         }
         if let CellValue::Value(v) = &self.value {
-            let (len, len_bytes) = varint_bytes(v.len() as u64);
-            part(&len[..len_bytes]);
-            part(v);
+            put_varint(buf, v.len() as u64);
+            buf.extend_from_slice(v);
         }
-    }
-
-    /// xxh3-64 of the encoding, hashed where the cell lies.
-    pub fn content_hash(&self) -> u64 {
-        let mut h = Xxh3::new();
-        self.encode_parts(|part| h.update(part));
-        h.digest()
     }
 
     /// Decodes a cell at the start of `buf`, returning it and the bytes consumed. Value and
@@ -324,22 +305,6 @@ mod tests {
             let (back, used) = Cell::decode(&Bytes::from(buf)).unwrap();
             prop_assert_eq!(used, n);
             prop_assert_eq!(back, cell);
-        }
-
-        #[test]
-        fn prop_content_hash_is_the_encodings_xxh3(
-            cell in arb_cell(),
-            value_bytes in 0usize..3000,
-            causal_bytes in 0usize..300,
-        ) {
-            let mut big = cell;
-            big.causal = (0..causal_bytes).map(|i| i as u8).collect::<Vec<u8>>().into();
-            if !big.is_tombstone() {
-                big.value = CellValue::Value((0..value_bytes).map(|i| (i * 7) as u8).collect::<Vec<u8>>().into());
-            }
-            let mut buf = Vec::new();
-            big.encode_into(&mut buf);
-            prop_assert_eq!(big.content_hash(), xxhash_rust::xxh3::xxh3_64(&buf));
         }
 
         #[test]

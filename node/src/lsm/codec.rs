@@ -1,22 +1,6 @@
 //! Little helpers shared by every on-disk format: LEB128 varints and bounded slice reads.
 //! Decoders return `None` on short or malformed input and never panic.
 
-/// The longest LEB128 encoding of a u64.
-pub const VARINT_BYTES_MAX: usize = 10;
-
-/// `v` as a LEB128 varint in a fixed array: `(bytes, length)`.
-pub fn varint_bytes(mut v: u64) -> ([u8; VARINT_BYTES_MAX], usize) {
-    let mut out = [0u8; VARINT_BYTES_MAX];
-    let mut n = 0;
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
-}
-
 /// Appends `v` as an unsigned LEB128 varint (1 to 10 bytes).
 pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
