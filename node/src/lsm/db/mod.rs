@@ -434,13 +434,14 @@ impl Inner {
     }
 
     fn switch_due(&self, force: bool) -> bool {
-        !self.write_gate.read().is_empty()
-            && (force || self.memtable_full() || self.wal.needs_rotation())
+        let mem = self.write_gate.read();
+        !mem.is_empty() && (force || self.is_full(&mem) || self.wal.needs_rotation())
     }
 
-    fn memtable_full(&self) -> bool {
-        let mem = self.write_gate.read();
-        mem.approx_bytes() >= self.switch_bytes(&mem)
+    /// Takes no lock: a second read of `write_gate` on one thread can deadlock behind a
+    /// queued switch.
+    fn is_full(&self, mem: &Memtable) -> bool {
+        mem.approx_bytes() >= self.switch_bytes(mem)
     }
 
     /// Seals the memtable and starts a new one on a new WAL segment. The segment is made
@@ -452,7 +453,7 @@ impl Inner {
         if !self.switch_due(force) {
             return Ok(());
         }
-        let full = self.memtable_full();
+        let full = self.is_full(&self.write_gate.read());
         let segment = self.next_file.fetch_add(1, Ordering::SeqCst);
         {
             let _edit = self.edit_lock.lock();
