@@ -15,7 +15,7 @@ type EngineSeries = (
 
 /// What an operator watches to tell whether the engines keep up: compaction backlog, L0,
 /// memtables waiting for flush, and the writes that waited for any of them.
-const ENGINE_SERIES: [EngineSeries; 16] = [
+const ENGINE_SERIES: [EngineSeries; 17] = [
     (
         "kv_engine_compactions_pending",
         "compaction tasks the strategy would start now",
@@ -78,6 +78,12 @@ const ENGINE_SERIES: [EngineSeries; 16] = [
         "reads the row cache could not answer",
         "counter",
         |s| s.row_cache.misses,
+    ),
+    (
+        "kv_engine_memtable_switches_total",
+        "memtables sealed for flushing",
+        "counter",
+        |s| s.memtable_switches,
     ),
     (
         "kv_engine_compactions_total",

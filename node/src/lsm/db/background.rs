@@ -20,10 +20,9 @@ use crate::lsm::sstable::{Table, TableBuilder, TableMeta, TableOptions};
 
 /// How often idle workers look again: time alone can make work (expiry, GC horizons).
 const IDLE_TICK_MS: u64 = 1000;
-/// Entries between checks for shutdown and pace during a compaction.
-const CHECK_EVERY_ENTRIES: u64 = 4096;
-/// Entries between checks of a flush's pace: about 1 MiB of YCSB's 1 KB values.
-const FLUSH_CHECK_EVERY_ENTRIES: u64 = 1024;
+/// Entries between checks of a flush's or compaction's pace (and a compaction's check for
+/// shutdown): about 1 MiB of YCSB's 1 KB values.
+const CHECK_EVERY_ENTRIES: u64 = 1024;
 
 /// Starts the flush and compaction workers. If one cannot be started, those already running
 /// are told to stop and the error is returned.
@@ -204,7 +203,7 @@ fn write_memtable(inner: &Inner, number: u64, mem: &Memtable) -> Result<TableMet
         |builder, k, c| builder.add(k, c),
         |builder| {
             added += 1;
-            if added.is_multiple_of(FLUSH_CHECK_EVERY_ENTRIES) {
+            if added.is_multiple_of(CHECK_EVERY_ENTRIES) {
                 let slept = pacer.rest(builder.estimated_bytes(), || inner.flush_backlog_high());
                 inner.counters.add_paced(slept);
             }

@@ -476,6 +476,7 @@ impl Inner {
                 .collect();
             *version = Arc::new(version.with_memtables(fresh, imm));
         }
+        self.counters.add_switch();
         self.note_memtable_switch(full);
         let held_us = held.elapsed().as_micros() as u64;
         self.wake_background();

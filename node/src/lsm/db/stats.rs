@@ -13,6 +13,7 @@ use crate::lsm::wal::{Wal, WalStats};
 #[derive(Default)]
 pub(super) struct Counters {
     user_bytes: AtomicU64,
+    switches: AtomicU64,
     flushes: AtomicU64,
     flush_bytes: AtomicU64,
     compactions: AtomicU64,
@@ -32,6 +33,10 @@ fn bump(counter: &AtomicU64, by: u64) {
 impl Counters {
     pub fn add_user_bytes(&self, n: u64) {
         bump(&self.user_bytes, n);
+    }
+
+    pub fn add_switch(&self) {
+        bump(&self.switches, 1);
     }
 
     pub fn add_flush(&self, file_bytes: u64) {
@@ -78,6 +83,7 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DbStats {
             user_bytes_written: get(&self.user_bytes),
+            memtable_switches: get(&self.switches),
             flushes: get(&self.flushes),
             flush_bytes_written: get(&self.flush_bytes),
             compactions: get(&self.compactions),
@@ -110,6 +116,8 @@ impl Counters {
 pub struct DbStats {
     /// Key and value bytes accepted from callers.
     pub user_bytes_written: u64,
+    /// Memtables sealed for flushing, for any reason (full, `flush`, WAL rotation).
+    pub memtable_switches: u64,
     pub flushes: u64,
     pub flush_bytes_written: u64,
     pub compactions: u64,
