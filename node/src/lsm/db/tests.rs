@@ -687,11 +687,7 @@ fn try_write_hands_back_a_batch_that_would_wait_and_writes_nothing_of_it() {
         db.try_write(batch(b"next", "later")).unwrap(),
         TryWrite::Written
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while db.stats().flushes == 0 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", db.stats());
-        std::thread::yield_now();
-    }
+    wait_for_stats(&db, |s| s.flushes > 0);
     assert_eq!(live(&db, b"next").as_deref(), Some(&b"later"[..]));
     assert_eq!(db.get(b"big").unwrap(), Some(big));
 }
@@ -821,6 +817,20 @@ fn pacing_opts(clock: Arc<ManualClock>, pace_ms_max: u64) -> Options {
     }
 }
 
+/// A database in a fresh directory with [`pacing_opts`], and the clock it reads.
+fn open_paced(pace_ms_max: u64) -> (tempfile::TempDir, Arc<ManualClock>, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let db = Db::open(dir.path(), pacing_opts(clock.clone(), pace_ms_max)).unwrap();
+    (dir, clock, db)
+}
+
+fn assert_all_readable(db: &Db, keys: &[Vec<u8>]) {
+    for key in keys {
+        assert!(db.get(key).unwrap().is_some());
+    }
+}
+
 /// Writes 1 KB values from key number `first` on until the memtable is switched for being
 /// full, `fill_ms` after it started by `clock`, and returns the keys written.
 fn fill_one_memtable(db: &Db, clock: &ManualClock, fill_ms: u64, first: u64) -> Vec<Vec<u8>> {
@@ -857,9 +867,7 @@ fn wait_for_stats(db: &Db, done: impl Fn(&DbStats) -> bool) -> DbStats {
 
 #[test]
 fn a_flush_is_spread_over_half_its_memtables_fill_time_while_writes_are_light() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 4000)).unwrap();
+    let (_dir, clock, db) = open_paced(4000);
     let keys = fill_one_memtable(&db, &clock, 1200, 0);
     let stats = wait_for_stats(&db, |s| s.flushes == 1 && s.immutable_memtables == 0);
     let paced_ms = stats.background_paced_micros / 1000;
@@ -867,16 +875,12 @@ fn a_flush_is_spread_over_half_its_memtables_fill_time_while_writes_are_light() 
         (200..=650).contains(&paced_ms),
         "a 600 ms pace slept {paced_ms} ms"
     );
-    for key in &keys {
-        assert!(db.get(key).unwrap().is_some());
-    }
+    assert_all_readable(&db, &keys);
 }
 
 #[test]
 fn a_caller_waiting_for_a_flush_ends_its_pace() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 60_000)).unwrap();
+    let (_dir, clock, db) = open_paced(60_000);
     fill_one_memtable(&db, &clock, 60_000, 0);
     let started = std::time::Instant::now();
     db.flush().unwrap();
@@ -890,9 +894,7 @@ fn a_caller_waiting_for_a_flush_ends_its_pace() {
 
 #[test]
 fn no_pace_leaves_flushes_flat_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 0)).unwrap();
+    let (_dir, clock, db) = open_paced(0);
     fill_one_memtable(&db, &clock, 60_000, 0);
     let stats = wait_for_stats(&db, |s| s.flushes == 1 && s.immutable_memtables == 0);
     assert_eq!(stats.background_paced_micros, 0);
@@ -900,9 +902,7 @@ fn no_pace_leaves_flushes_flat_out() {
 
 #[test]
 fn a_compaction_is_spread_over_its_inputs_fill_time_while_writes_are_light() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 4000)).unwrap();
+    let (_dir, clock, db) = open_paced(4000);
     let mut keys = fill_one_memtable(&db, &clock, 2000, 0);
     wait_for_stats(&db, |s| s.flushes == 1 && s.immutable_memtables == 0);
     keys.extend(fill_one_memtable(&db, &clock, 2000, keys.len() as u64));
@@ -915,16 +915,12 @@ fn a_compaction_is_spread_over_its_inputs_fill_time_while_writes_are_light() {
         (2400..=6500).contains(&paced_ms),
         "two 1 s flush paces and a 4 s compaction pace slept {paced_ms} ms"
     );
-    for key in &keys {
-        assert!(db.get(key).unwrap().is_some());
-    }
+    assert_all_readable(&db, &keys);
 }
 
 #[test]
 fn a_caller_waiting_for_compactions_ends_their_pace() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let db = Db::open(dir.path(), pacing_opts(clock.clone(), 60_000)).unwrap();
+    let (_dir, clock, db) = open_paced(60_000);
     let first = fill_one_memtable(&db, &clock, 120_000, 0);
     fill_one_memtable(&db, &clock, 120_000, first.len() as u64);
     let started = std::time::Instant::now();
