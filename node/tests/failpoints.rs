@@ -180,3 +180,30 @@ fn a_failed_wal_append_refuses_the_write_and_every_later_one_until_reopen() {
     db.put(b"k", Cell::value(2, "v")).unwrap();
     scenario.teardown();
 }
+
+/// A segment retired for reuse gets its new header synced before it takes the new name; a
+/// switch that fails in between leaves the old segment current, and the segment the manifest
+/// already listed for the switch never exists.
+#[test]
+fn a_failed_segment_reuse_fails_the_switch_and_loses_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        fill(&db, 0, 100);
+        db.flush().unwrap();
+        assert_eq!(node::lsm::wal::list_recyclable(dir.path()).unwrap().len(), 1);
+        fill(&db, 100, 200);
+        fail::cfg("wal-recycle", "return").unwrap();
+        let err = db.flush().unwrap_err();
+        assert!(matches!(err, Error::Injected("wal-recycle")), "{err}");
+        fail::remove("wal-recycle");
+        fill(&db, 200, 300);
+        db.flush().unwrap();
+        fill(&db, 300, 400);
+        db.close().unwrap();
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_all_present(&db, 400);
+    scenario.teardown();
+}

@@ -26,6 +26,7 @@ impl NodeConfig {
             background_pace_ms_max: e.background_pace_ms_max,
             background_nice: e.background_nice,
             background_sched_idle: e.background_sched_idle,
+            wal_recycle_segments_max: e.wal_recycle_segments_max,
             gc_grace_ms: self.engine_gc_grace_ms(),
             ..Options::default()
         }

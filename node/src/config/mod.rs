@@ -142,6 +142,8 @@ pub struct Engine {
     pub background_nice: i32,
     /// Flush and compaction threads under SCHED_IDLE (Linux): they run only on idle cores.
     pub background_sched_idle: bool,
+    /// Flushed WAL segments kept to be written again instead of new files; 0 keeps none.
+    pub wal_recycle_segments_max: usize,
     pub sync: SyncConfig,
     pub compression: CompressionConfig,
     pub compaction: CompactionConfig,
@@ -159,6 +161,7 @@ impl Default for Engine {
             background_pace_ms_max: crate::lsm::BACKGROUND_PACE_MS_DEFAULT,
             background_nice: 10,
             background_sched_idle: false,
+            wal_recycle_segments_max: crate::lsm::WAL_RECYCLE_SEGMENTS_DEFAULT,
             sync: SyncConfig::default(),
             compression: CompressionConfig::default(),
             compaction: CompactionConfig::default(),

@@ -72,6 +72,10 @@ fn defaults_are_the_engine_and_detector_defaults() {
     );
     assert_eq!(ours.background_nice, engine.background_nice);
     assert_eq!(ours.background_pace_ms_max, engine.background_pace_ms_max);
+    assert_eq!(
+        ours.wal_recycle_segments_max,
+        engine.wal_recycle_segments_max
+    );
     // A lone engine has no replicas to fall in step with; a node does.
     assert_eq!(
         (engine.memtable_jitter_percent, ours.memtable_jitter_percent),
@@ -351,6 +355,11 @@ fn every_validation_error_names_its_field() {
             |c| c.engine.background_pace_ms_max = 86_400_000,
             "engine.background_pace_ms_max",
             "86400000 is above 60000 ms",
+        ),
+        (
+            |c| c.engine.wal_recycle_segments_max = 17,
+            "engine.wal_recycle_segments_max",
+            "17 is above 16",
         ),
         (
             |c| {
@@ -646,6 +655,7 @@ fn engine_options_carry_every_setting() {
         background_pace_ms_max: 1500,
         background_nice: 19,
         background_sched_idle: true,
+        wal_recycle_segments_max: 5,
         sync: SyncConfig::Always {},
         compression: CompressionConfig::Zstd(ZstdCompression { level: 3 }),
         compaction: CompactionConfig::TimeWindow(TimeWindow {
@@ -668,6 +678,7 @@ fn engine_options_carry_every_setting() {
     assert_eq!(options.background_pace_ms_max, 1500);
     assert_eq!(options.background_nice, 19);
     assert!(options.background_sched_idle);
+    assert_eq!(options.wal_recycle_segments_max, 5);
     assert_eq!(options.sync, SyncPolicy::Always);
     assert_eq!(options.compression, Compression::Zstd { level: 3 });
     let window = CompactionStrategy::TimeWindow {

@@ -22,6 +22,7 @@ pub use db::{Db, DbStats, Scan};
 pub use error::{Error, Result};
 pub use options::{
     CompactionStrategy, Compression, Options, SyncPolicy, BACKGROUND_PACE_MS_DEFAULT,
+    WAL_RECYCLE_SEGMENTS_DEFAULT,
 };
 
 use bytes::Bytes;

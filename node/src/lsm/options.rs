@@ -15,6 +15,10 @@ pub const MEMTABLE_JITTER_PERCENT_MAX: u32 = 50;
 pub const BACKGROUND_PACE_MS_DEFAULT: u64 = 4000;
 /// Past a minute a paced job would hold its inputs, and the flushed WAL, for no further gain.
 pub const BACKGROUND_PACE_MS_MAX: u64 = 60_000;
+/// Two cover a steady write load: one segment retired by each flush, one taken by each switch.
+pub const WAL_RECYCLE_SEGMENTS_DEFAULT: usize = 2;
+/// Bound on `wal_recycle_segments_max`: each kept segment holds a memtable's worth of disk.
+pub const WAL_RECYCLE_SEGMENTS_MAX: usize = 16;
 
 /// When the WAL is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,10 @@ pub struct Options {
     /// also update the file size (0 disables preallocation). Small steps keep the unused
     /// reservation, counted as disk space, small.
     pub wal_preallocate_bytes: u64,
+    /// Flushed WAL segments kept to be written again instead of new files (0: none). Each
+    /// holds a memtable's worth of disk; writing into its resident, already-written pages
+    /// skips the page allocation, zeroing and extent conversion a new file costs.
+    pub wal_recycle_segments_max: usize,
     pub memtable_bytes: usize,
     /// Each memtable is switched at `memtable_bytes` less a share of up to this many percent,
     /// drawn per memtable from `memtable_jitter_seed`. Replicas take the same writes, so
@@ -172,6 +180,7 @@ impl Default for Options {
             wal_segment_bytes_max: 1024 * MIB as u64,
             wal_segment_age_ms_max: 10 * 60 * 1000,
             wal_preallocate_bytes: 8 * MIB as u64,
+            wal_recycle_segments_max: WAL_RECYCLE_SEGMENTS_DEFAULT,
             memtable_bytes: 64 * MIB,
             memtable_jitter_percent: 0,
             memtable_jitter_seed: 0,
@@ -263,6 +272,15 @@ impl Options {
                 format!(
                     "{} is above {BACKGROUND_PACE_MS_MAX} ms",
                     self.background_pace_ms_max
+                ),
+            );
+        }
+        if self.wal_recycle_segments_max > WAL_RECYCLE_SEGMENTS_MAX {
+            return bad(
+                "wal_recycle_segments_max",
+                format!(
+                    "{} is above {WAL_RECYCLE_SEGMENTS_MAX}",
+                    self.wal_recycle_segments_max
                 ),
             );
         }

@@ -176,7 +176,7 @@ fn flush_one(inner: &Inner, mem: &Arc<Memtable>) -> Result<()> {
         *version = Arc::new(next.with_tables(&[], table.into_iter().map(|t| (0, t)).collect()));
     }
     for segment in mem.wal_segments() {
-        crate::lsm::wal::delete_segment(&inner.dir, *segment)?;
+        crate::lsm::wal::retire_segment(&inner.dir, *segment, inner.opts.wal_recycle_segments_max)?;
     }
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,

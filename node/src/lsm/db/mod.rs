@@ -463,7 +463,7 @@ impl Inner {
                 ..Default::default()
             })?;
         }
-        let next = self.wal.prepare(segment)?;
+        let next = self.wal.prepare(segment).inspect_err(|_| self.unlist_segment(segment))?;
         let held = std::time::Instant::now();
         {
             let mut mem = self.write_gate.write();
@@ -482,6 +482,20 @@ impl Inner {
         self.wake_background();
         tracing::debug!(held_us, "switched memtables");
         self.wal.seal_retired()
+    }
+
+    /// Takes a segment that was never made back out of the manifest: once a later switch
+    /// succeeds it is no longer the newest, and a listed segment that is missing and not the
+    /// newest reads as a lost file at the next open.
+    fn unlist_segment(&self, segment: u64) {
+        let _edit = self.edit_lock.lock();
+        let edit = VersionEdit {
+            remove_wal: vec![segment],
+            ..Default::default()
+        };
+        if let Err(e) = self.manifest.apply(&edit) {
+            tracing::error!(segment, error = %e, "could not unlist a WAL segment that was never made");
+        }
     }
 
     fn get(&self, key: &[u8], access: BlockAccess) -> Result<Cached<Option<Cell>>> {

@@ -61,10 +61,16 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         next_file_number: Some(new_segment + 1),
         ..Default::default()
     })?;
+    wal::trim_recyclable(dir, opts.wal_recycle_segments_max)?;
     for id in obsolete {
-        wal::delete_segment(dir, id)?;
+        wal::retire_segment(dir, id, opts.wal_recycle_segments_max)?;
     }
-    let wal = Wal::create(dir, new_segment, wal_options(&opts), opts.clock.clone())?;
+    let wal = Wal::create(
+        dir,
+        new_segment,
+        WalOptions::from(&opts),
+        opts.clock.clone(),
+    )?;
     let version = Version::new(mem.clone(), Vec::new(), tables);
     Ok(Inner {
         dir: dir.to_path_buf(),
@@ -91,15 +97,6 @@ pub(super) fn open(dir: &Path, opts: Options) -> Result<Inner> {
         memtable_fill_ms: AtomicU64::new(0),
         opts,
     })
-}
-
-fn wal_options(opts: &Options) -> WalOptions {
-    WalOptions {
-        sync: opts.sync,
-        preallocate_bytes: opts.wal_preallocate_bytes,
-        segment_bytes_max: opts.wal_segment_bytes_max,
-        segment_age_ms_max: opts.wal_segment_age_ms_max,
-    }
 }
 
 /// An exclusive advisory lock on the directory, released when the returned file is closed.

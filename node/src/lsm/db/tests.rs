@@ -490,6 +490,47 @@ fn reopening_a_flushed_database_does_not_pile_up_wal_segments() {
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
 }
 
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn flushed_wal_segments_are_written_again_and_replay_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let db = Db::open(dir.path(), small_opts(clock.clone())).unwrap();
+    let value = vec![7u8; 500];
+    let mut reused = 0;
+    for round in 0..6u64 {
+        let retired: Vec<u64> = crate::lsm::wal::list_recyclable(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| inode(p))
+            .collect();
+        assert!(retired.len() <= 2, "{retired:?}");
+        for i in 0..100 {
+            let key = format!("k{round}-{i}");
+            db.put(key.as_bytes(), Cell::value(ts(round), value.clone()))
+                .unwrap();
+        }
+        db.flush().unwrap();
+        let current = crate::lsm::wal::list_segments(dir.path()).unwrap();
+        let current = crate::lsm::wal::segment_path(dir.path(), *current.last().unwrap());
+        reused += usize::from(retired.contains(&inode(&current)));
+    }
+    assert!(reused >= 4, "only {reused} of 6 switches reused a segment");
+    db.put(b"last", Cell::value(ts(9), "unflushed")).unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), small_opts(clock)).unwrap();
+    for round in 0..6u64 {
+        for i in 0..100 {
+            let key = format!("k{round}-{i}");
+            assert_eq!(live(&db, key.as_bytes()).as_deref(), Some(&value[..]));
+        }
+    }
+    assert_eq!(live(&db, b"last").as_deref(), Some(&b"unflushed"[..]));
+}
+
 /// Writers, readers, flushes and compactions all at once: no write is lost, and a reader never
 /// sees a key go back to an older version (memtable switches and version installs are atomic
 /// to readers).

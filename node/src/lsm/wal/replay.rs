@@ -69,8 +69,8 @@ pub fn replay_segment(
                 at = rec.end;
                 visit(rec.seq, rec.mutations)?;
             }
-            Parsed::Invalid(reason) => {
-                cut_torn_tail(&mut reader, at, &reason, is_last, header.salt)?;
+            Parsed::Invalid(damage) => {
+                cut_torn_tail(&mut reader, at, &damage, is_last, header.salt)?;
                 out.truncated_at = Some(at);
                 return Ok(out);
             }
@@ -82,19 +82,19 @@ pub fn replay_segment(
 fn cut_torn_tail(
     reader: &mut SegmentReader,
     at: u64,
-    reason: &str,
+    damage: &Damage,
     is_last: bool,
     salt: u64,
 ) -> Result<()> {
     let path = reader.path.clone();
     if !is_last {
-        let reason = format!("{reason} (not the last segment, so it cannot be a torn tail)");
+        let reason = format!("{damage} (not the last segment, so it cannot be a torn tail)");
         return Err(Error::corruption(path, at, reason));
     }
     let later = scan_after_damage(reader, at, salt)?;
     if let Some(proof) = later.synced_past_damage {
         let reason = format!(
-            "{reason}; the valid record at offset {} was written after the segment was synced \
+            "{damage}; the valid record at offset {} was written after the segment was synced \
              up to offset {}, so this is not a torn tail",
             proof.at, proof.synced_offset
         );
@@ -103,7 +103,7 @@ fn cut_torn_tail(
     tracing::warn!(
         path = %path.display(),
         offset = at,
-        reason,
+        reason = %damage,
         bytes_cut = reader.len - at,
         unsynced_records_dropped = later.records,
         "cutting the torn tail of the WAL"
@@ -214,38 +214,60 @@ struct Record {
 enum Parsed {
     Valid(Record),
     /// Framing or checksum failure: what a torn write leaves.
-    Invalid(String),
+    Invalid(Damage),
+}
+
+/// Why the bytes at an offset are not a record. A value, not a message: the scan after damage
+/// rejects nearly every offset of what follows (all of a recycled segment's old records), and
+/// formatting a message per offset made that scan take 3 s per 64 MiB.
+#[derive(Debug)]
+enum Damage {
+    HeadPastEnd,
+    LengthOutOfBounds(usize),
+    ImpossibleSyncedOffset(u64),
+    RecordPastEnd(usize),
+    ChecksumMismatch,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::HeadPastEnd => write!(f, "record header runs past the end of the file"),
+            Damage::LengthOutOfBounds(len) => write!(f, "record length {len} is out of bounds"),
+            Damage::ImpossibleSyncedOffset(at) => {
+                write!(f, "synced offset {at} is impossible here")
+            }
+            Damage::RecordPastEnd(len) => {
+                write!(f, "record of {len} bytes runs past the end of the file")
+            }
+            Damage::ChecksumMismatch => write!(f, "record checksum mismatch"),
+        }
+    }
 }
 
 /// Parses the record at `at`. Cheap plausibility checks come before the checksum so that the
 /// scan after damage hashes almost nothing. A record whose checksum verifies but whose body does
 /// not decode was written that way or rotted inside: never a tear, so an error.
 fn parse_record(reader: &mut SegmentReader, at: u64, salt: u64) -> Result<Parsed> {
-    let invalid = |reason: String| Ok(Parsed::Invalid(reason));
+    let invalid = |damage| Ok(Parsed::Invalid(damage));
     let Some(head) = reader
         .get(at, RECORD_HEAD_BYTES)?
         .and_then(RecordHead::decode)
     else {
-        return invalid("record header runs past the end of the file".into());
+        return invalid(Damage::HeadPastEnd);
     };
     if !(RECORD_BODY_BYTES_MIN..=RECORD_BODY_BYTES_MAX).contains(&head.body_len) {
-        return invalid(format!("record length {} is out of bounds", head.body_len));
+        return invalid(Damage::LengthOutOfBounds(head.body_len));
     }
     if head.synced_offset < HEADER_BYTES as u64 || head.synced_offset > at {
-        return invalid(format!(
-            "synced offset {} is impossible here",
-            head.synced_offset
-        ));
+        return invalid(Damage::ImpossibleSyncedOffset(head.synced_offset));
     }
     let Some(rec) = reader.get(at, head.record_len())? else {
-        return invalid(format!(
-            "record of {} bytes runs past the end of the file",
-            head.record_len()
-        ));
+        return invalid(Damage::RecordPastEnd(head.record_len()));
     };
     let (length_field, body) = (&rec[..4], &rec[RECORD_PREFIX_BYTES..]);
     if record_checksum(salt, length_field, body) != head.checksum {
-        return invalid("record checksum mismatch".into());
+        return invalid(Damage::ChecksumMismatch);
     }
     let body = Bytes::copy_from_slice(body);
     let mutations = decode_mutations(&body).map_err(|reason| {

@@ -15,6 +15,7 @@ fn opts(sync: SyncPolicy) -> WalOptions {
     WalOptions {
         sync,
         preallocate_bytes: 64 << 10,
+        recycle_segments_max: 0,
         segment_bytes_max: 1 << 20,
         segment_age_ms_max: 60_000,
     }
@@ -484,6 +485,116 @@ fn segment_files_are_named_listed_and_deleted() {
         delete_segment(dir.path(), 10),
         Err(Error::Io { .. })
     ));
+}
+
+fn recycling(max: usize) -> WalOptions {
+    WalOptions {
+        recycle_segments_max: max,
+        ..opts(SyncPolicy::Always)
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// A WAL on segment 2 whose segment 1, holding records 1..=`n`, waits for reuse.
+fn wal_with_a_retired_segment(dir: &Path, n: u64) -> Wal {
+    let wal = Wal::create(dir, 1, recycling(2), Arc::new(SystemClock)).unwrap();
+    for seq in 1..=n {
+        wal.append(seq, &batch(seq, 4)).unwrap();
+    }
+    wal.rotate(2).unwrap();
+    retire_segment(dir, 1, 2).unwrap();
+    assert_eq!(list_segments(dir).unwrap(), vec![2]);
+    wal
+}
+
+#[test]
+fn a_recycled_segment_after_a_crash_replays_only_its_own_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = wal_with_a_retired_segment(dir.path(), 200);
+    let retired = list_recyclable(dir.path()).unwrap();
+    let retired_len = file_len(&retired[0]);
+    wal.rotate(3).unwrap();
+    assert!(list_recyclable(dir.path()).unwrap().is_empty());
+    let path = segment_path(dir.path(), 3);
+    assert_eq!(file_len(&path), retired_len, "the file keeps its length");
+    for seq in 1000..1010 {
+        wal.append(seq, &batch(seq, 1)).unwrap();
+    }
+    // Dropped without a close, as at a crash: the old records stay behind the new ones.
+    drop(wal);
+    let (r, seen) = replay(&path, true).unwrap();
+    assert_eq!(r.records, 10);
+    let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1000..1010).collect::<Vec<_>>());
+    assert_eq!(seen[0].1, batch(1000, 1));
+    let cut = r.truncated_at.expect("the old records are cut off");
+    assert_eq!(file_len(&path), cut);
+    let (again, _) = replay(&path, false).unwrap();
+    assert_eq!((again.records, again.truncated_at), (10, None));
+}
+
+#[test]
+fn a_rotated_recycled_segment_ends_at_its_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = wal_with_a_retired_segment(dir.path(), 200);
+    wal.rotate(3).unwrap();
+    wal.append(7, &batch(7, 1)).unwrap();
+    wal.rotate(4).unwrap();
+    let (r, seen) = replay(&segment_path(dir.path(), 3), false).unwrap();
+    assert_eq!((r.records, r.truncated_at), (1, None));
+    assert_eq!(seen[0], (7, batch(7, 1)));
+    wal.close().unwrap();
+}
+
+#[test]
+fn recycling_never_replaces_an_existing_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = wal_with_a_retired_segment(dir.path(), 3);
+    assert!(matches!(wal.rotate(2), Err(Error::Io { .. })));
+    assert_eq!(wal.segment_id(), 2);
+    assert_eq!(list_recyclable(dir.path()).unwrap().len(), 1);
+    wal.close().unwrap();
+}
+
+#[test]
+fn retired_segments_are_kept_up_to_the_limit_then_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::create(dir.path(), 1, recycling(2), Arc::new(SystemClock)).unwrap();
+    for id in 2..=4 {
+        wal.append(id, &batch(id, 1)).unwrap();
+        wal.rotate(id).unwrap();
+    }
+    for id in 1..=3 {
+        retire_segment(dir.path(), id, 2).unwrap();
+    }
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(dir.path()),
+        [
+            "recycle-000000000001.wal",
+            "recycle-000000000002.wal",
+            "wal-000000000004.log"
+        ]
+    );
+    trim_recyclable(dir.path(), 1).unwrap();
+    assert_eq!(
+        names(dir.path()),
+        ["recycle-000000000002.wal", "wal-000000000004.log"]
+    );
+    wal.rotate(5).unwrap();
+    retire_segment(dir.path(), 4, 0).unwrap();
+    assert_eq!(names(dir.path()), ["wal-000000000005.log"]);
+    wal.close().unwrap();
 }
 
 #[test]

@@ -19,7 +19,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use super::format::{
     encode_record, record_bytes_estimate, seal_group, SegmentHeader, HEADER_BYTES,
 };
-use super::{segment_path, sync_dir};
+use super::{list_recyclable, segment_path, sync_dir};
 use crate::lsm::error::IoContext;
 use crate::lsm::options::Options;
 use crate::lsm::{Clock, Error, Mutation, Result, SyncPolicy};
@@ -37,6 +37,9 @@ pub struct WalOptions {
     /// Bytes reserved with `posix_fallocate` when a segment starts, and again each time the
     /// writes reach the end of the reservation (0 disables it).
     pub preallocate_bytes: u64,
+    /// Retired segments kept for reuse (see [`super::retire_segment`]); 0 makes every segment
+    /// a new file.
+    pub recycle_segments_max: usize,
     pub segment_bytes_max: u64,
     /// Age of a segment's oldest record at which it should be rotated.
     pub segment_age_ms_max: u64,
@@ -47,6 +50,7 @@ impl From<&Options> for WalOptions {
         WalOptions {
             sync: o.sync,
             preallocate_bytes: o.wal_preallocate_bytes,
+            recycle_segments_max: o.wal_recycle_segments_max,
             segment_bytes_max: o.wal_segment_bytes_max,
             segment_age_ms_max: o.wal_segment_age_ms_max,
         }
@@ -157,8 +161,8 @@ struct Queue {
 }
 
 impl Wal {
-    /// Creates segment `segment_id` in `dir` (it must not exist yet): preallocated, header
-    /// written and synced, directory synced.
+    /// Creates segment `segment_id` in `dir` (it must not exist yet), from a retired file if one
+    /// waits for reuse, else preallocated; header written and synced, directory synced.
     pub fn create(
         dir: &Path,
         segment_id: u64,
@@ -166,7 +170,7 @@ impl Wal {
         clock: Arc<dyn Clock>,
     ) -> Result<Wal> {
         opts.validate()?;
-        let segment = Segment::create(dir, segment_id, opts.preallocate_bytes)?;
+        let segment = Segment::create(dir, segment_id, &opts)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             opts,
@@ -229,12 +233,12 @@ impl Wal {
         self.seal_retired()
     }
 
-    /// Creates segment `new_segment_id`, preallocated, its header and the directory synced:
+    /// Creates segment `new_segment_id` as [`Wal::create`] does, its header and the directory synced:
     /// the slow part of a rotation, done while appends go on.
     pub fn prepare(&self, new_segment_id: u64) -> Result<NextSegment> {
         let inner = &self.inner;
         fail::fail_point!("wal-prepare", |_| Err(Error::Injected("wal-prepare")));
-        let segment = Segment::create(&inner.dir, new_segment_id, inner.opts.preallocate_bytes)?;
+        let segment = Segment::create(&inner.dir, new_segment_id, &inner.opts)?;
         Ok(NextSegment(segment))
     }
 
@@ -597,7 +601,16 @@ impl Drop for Leadership<'_> {
 }
 
 impl Segment {
-    fn create(dir: &Path, id: u64, preallocate_bytes: u64) -> Result<Segment> {
+    fn create(dir: &Path, id: u64, opts: &WalOptions) -> Result<Segment> {
+        if opts.recycle_segments_max > 0 {
+            if let Some(retired) = list_recyclable(dir)?.into_iter().next() {
+                return Self::recycle(dir, id, &retired);
+            }
+        }
+        Self::create_new(dir, id, opts.preallocate_bytes)
+    }
+
+    fn create_new(dir: &Path, id: u64, preallocate_bytes: u64) -> Result<Segment> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
@@ -619,17 +632,50 @@ impl Segment {
                 return Err(e);
             }
         };
+        Ok(Segment::opened(id, path, file, salt, allocated))
+    }
+
+    /// Makes the retired file `from` segment `id`. The new header is synced before the rename,
+    /// so the name never shows a header of another segment, and the file keeps its length: the
+    /// old records behind the header read as a torn tail until the first cut.
+    fn recycle(dir: &Path, id: u64, from: &Path) -> Result<Segment> {
+        let path = segment_path(dir, id);
+        if path.symlink_metadata().is_ok() {
+            // A rename would replace it; `create_new` refuses the same way.
+            let exists = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+            return Err(Error::io(&path, exists));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(from)
+            .at(from)?;
+        let salt = rand::random();
+        let header = SegmentHeader {
+            segment_id: id,
+            salt,
+        };
+        file.write_all_at(&header.encode(), 0).at(from)?;
+        file.sync_data().at(from)?;
+        fail::fail_point!("wal-recycle", |_| Err(Error::Injected("wal-recycle")));
+        std::fs::rename(from, &path).at(from)?;
+        sync_dir(dir)?;
+        let allocated = file.metadata().at(&path)?.len();
+        Ok(Segment::opened(id, path, file, salt, allocated))
+    }
+
+    fn opened(id: u64, path: PathBuf, file: File, salt: u64, allocated: u64) -> Segment {
         let header_end = HEADER_BYTES as u64;
-        Ok(Segment {
+        Segment {
             id,
             path,
             file,
             salt,
             written: AtomicU64::new(header_end),
             synced: AtomicU64::new(header_end),
-            allocated: AtomicU64::new(allocated),
+            allocated: AtomicU64::new(allocated.max(header_end)),
             first_record_ms: AtomicU64::new(NO_RECORD_YET),
-        })
+        }
     }
 
     /// Reserves space, writes the header and syncs; returns the bytes reserved.
