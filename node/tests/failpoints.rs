@@ -192,7 +192,10 @@ fn a_failed_segment_reuse_fails_the_switch_and_loses_nothing() {
         let db = Db::open(dir.path(), opts()).unwrap();
         fill(&db, 0, 100);
         db.flush().unwrap();
-        assert_eq!(node::lsm::wal::list_recyclable(dir.path()).unwrap().len(), 1);
+        assert_eq!(
+            node::lsm::wal::list_recyclable(dir.path()).unwrap().len(),
+            1
+        );
         fill(&db, 100, 200);
         fail::cfg("wal-recycle", "return").unwrap();
         let err = db.flush().unwrap_err();

@@ -20,6 +20,7 @@ impl NodeConfig {
             block_bytes: e.block_bytes.as_usize(),
             compression: e.compression.compression(),
             block_cache_bytes: e.block_cache_bytes.as_usize(),
+            block_cache_prepopulate: e.block_cache_prepopulate,
             row_cache_bytes: e.row_cache_bytes.as_usize(),
             compaction: e.compaction.strategy(),
             compaction_bytes_per_sec: e.compaction_throughput_mib_per_sec.saturating_mul(MIB),

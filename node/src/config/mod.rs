@@ -132,6 +132,9 @@ pub struct Engine {
     pub memtable_jitter_percent: u32,
     pub block_bytes: ByteSize,
     pub block_cache_bytes: ByteSize,
+    /// Flushes (and compactions while the tables fit in half the cache) fill the block cache
+    /// as they write.
+    pub block_cache_prepopulate: bool,
     pub row_cache_bytes: ByteSize,
     /// 0 leaves compaction unthrottled.
     pub compaction_throughput_mib_per_sec: u64,
@@ -156,6 +159,7 @@ impl Default for Engine {
             memtable_jitter_percent: 25,
             block_bytes: ByteSize::kib(16),
             block_cache_bytes: ByteSize::gib(1),
+            block_cache_prepopulate: true,
             row_cache_bytes: ByteSize(0),
             compaction_throughput_mib_per_sec: 0,
             background_pace_ms_max: crate::lsm::BACKGROUND_PACE_MS_DEFAULT,

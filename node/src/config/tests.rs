@@ -64,6 +64,7 @@ fn defaults_are_the_engine_and_detector_defaults() {
     assert_eq!(ours.block_bytes, engine.block_bytes);
     assert_eq!(ours.compression, engine.compression);
     assert_eq!(ours.block_cache_bytes, engine.block_cache_bytes);
+    assert_eq!(ours.block_cache_prepopulate, engine.block_cache_prepopulate);
     assert_eq!(ours.row_cache_bytes, engine.row_cache_bytes);
     assert_eq!(ours.compaction, engine.compaction);
     assert_eq!(
@@ -650,6 +651,7 @@ fn engine_options_carry_every_setting() {
         memtable_jitter_percent: 10,
         block_bytes: ByteSize::kib(4),
         block_cache_bytes: ByteSize::mib(128),
+        block_cache_prepopulate: false,
         row_cache_bytes: ByteSize(0),
         compaction_throughput_mib_per_sec: 16,
         background_pace_ms_max: 1500,
@@ -673,6 +675,7 @@ fn engine_options_carry_every_setting() {
     assert_eq!(options.memtable_jitter_percent, 10);
     assert_eq!(options.block_bytes, 4 << 10);
     assert_eq!(options.block_cache_bytes, 128 << 20);
+    assert!(!options.block_cache_prepopulate);
     assert_eq!(options.row_cache_bytes, 0);
     assert_eq!(options.compaction_bytes_per_sec, 16 << 20);
     assert_eq!(options.background_pace_ms_max, 1500);

@@ -82,6 +82,10 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         self.capacity_bytes > 0
     }
 
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
     /// Inserts or replaces `k`, evicting least-recently-used entries to make room.
     pub fn insert(&self, k: K, v: V, charge: usize) {
         self.shard(&k).lock().insert(k, v, charge);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::pace::Pacer;
 use super::version::Version;
 use super::{deletion_ms, Inner};
+use crate::lsm::cache::BlockCache;
 use crate::lsm::cell::{Cell, CellValue};
 use crate::lsm::compaction::{self, PickContext, Task};
 use crate::lsm::error::{Error, Result};
@@ -194,8 +195,9 @@ fn write_memtable(inner: &Inner, number: u64, mem: &Memtable) -> Result<TableMet
         number,
         0,
         inner.opts.clock.now_ms(),
-        &table_options(inner),
-    )?;
+        &TableOptions::from_options(&inner.opts),
+    )?
+    .fill_cache(inner.flush_cache());
     let mut pacer = Pacer::new(mem.approx_bytes() as u64, inner.flush_pace(), 0);
     let mut added = 0u64;
     let written = mem.try_for_each(
@@ -217,11 +219,19 @@ fn write_memtable(inner: &Inner, number: u64, mem: &Memtable) -> Result<TableMet
     builder.finish()
 }
 
-fn table_options(inner: &Inner) -> TableOptions {
-    TableOptions {
-        block_bytes: inner.opts.block_bytes,
-        compression: inner.opts.compression,
-        bloom_bits_per_key: inner.opts.bloom_bits_per_key,
+impl Inner {
+    /// The cache a flush fills as it writes: a flush holds the latest writes, the likeliest to
+    /// be read next (RocksDB's `prepopulate_block_cache = kFlushOnly`).
+    fn flush_cache(&self) -> Option<Arc<BlockCache>> {
+        (self.opts.block_cache_prepopulate && self.block_cache.is_enabled())
+            .then(|| self.block_cache.clone())
+    }
+
+    /// The cache a compaction fills as it writes: only while every table fits in half of it,
+    /// so that rewriting cold data never evicts the blocks reads keep hot.
+    fn compaction_cache(&self, v: &Version) -> Option<Arc<BlockCache>> {
+        let room = self.block_cache.capacity_bytes() as u64 / 2;
+        self.flush_cache().filter(|_| v.table_bytes() <= room)
     }
 }
 
@@ -392,7 +402,7 @@ fn merge(
     }
     let read_bytes = tables.iter().map(|t| t.meta().file_bytes).sum();
     inner.counters.add_compaction_read(read_bytes);
-    let mut out = Outputs::new(inner, level, target, read_bytes);
+    let mut out = Outputs::new(inner, level, target, read_bytes, inner.compaction_cache(v));
     let mut seen = 0u64;
     for item in MergeIter::new(sources, inner.opts.merge_rule.clone(), Bound::Unbounded) {
         let (key, cell) = item?;
@@ -479,16 +489,24 @@ struct Outputs<'a> {
     current: Option<TableBuilder>,
     done: Vec<TableMeta>,
     pacer: Pacer,
+    cache: Option<Arc<BlockCache>>,
 }
 
 impl<'a> Outputs<'a> {
-    fn new(inner: &'a Inner, level: u32, target: Option<u64>, input_bytes: u64) -> Self {
+    fn new(
+        inner: &'a Inner,
+        level: u32,
+        target: Option<u64>,
+        input_bytes: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Self {
         Outputs {
             inner,
             level,
             target,
             current: None,
             done: Vec::new(),
+            cache,
             pacer: Pacer::new(
                 input_bytes,
                 inner.compaction_pace(input_bytes),
@@ -500,14 +518,17 @@ impl<'a> Outputs<'a> {
     fn add(&mut self, key: &[u8], cell: &Cell) -> Result<()> {
         if self.current.is_none() {
             let number = self.inner.next_file.fetch_add(1, Ordering::SeqCst);
-            let opts = table_options(self.inner);
-            self.current = Some(TableBuilder::create(
-                &self.inner.dir,
-                number,
-                self.level,
-                self.inner.opts.clock.now_ms(),
-                &opts,
-            )?);
+            let opts = TableOptions::from_options(&self.inner.opts);
+            self.current = Some(
+                TableBuilder::create(
+                    &self.inner.dir,
+                    number,
+                    self.level,
+                    self.inner.opts.clock.now_ms(),
+                    &opts,
+                )?
+                .fill_cache(self.cache.clone()),
+            );
         }
         let builder = self.current.as_mut().expect("a builder was just created");
         builder.add(key, cell)?;

@@ -463,7 +463,10 @@ impl Inner {
                 ..Default::default()
             })?;
         }
-        let next = self.wal.prepare(segment).inspect_err(|_| self.unlist_segment(segment))?;
+        let next = self
+            .wal
+            .prepare(segment)
+            .inspect_err(|_| self.unlist_segment(segment))?;
         let held = std::time::Instant::now();
         {
             let mut mem = self.write_gate.write();

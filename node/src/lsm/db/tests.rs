@@ -490,6 +490,69 @@ fn reopening_a_flushed_database_does_not_pile_up_wal_segments() {
     assert_eq!(live(&db, b"k").as_deref(), Some(&b"v"[..]));
 }
 
+/// 300 bytes that do not compress.
+fn noise(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..300)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes 600 incompressible keys (~190 KB) in three flushes and waits for their compaction.
+/// Returns the block cache's inserts by then, and its misses while every key is read back.
+fn cache_inserts_and_misses(opts: Options) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts).unwrap();
+    let key = |round: u64, i: u64| format!("k{i:04}-{round}");
+    for round in 0..3 {
+        for i in 0..200 {
+            let cell = Cell::value(ts(round), noise(round * 1000 + i));
+            db.put(key(round, i).as_bytes(), cell).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    db.wait_for_compactions().unwrap();
+    assert!(db.stats().compactions > 0);
+    let before = db.stats().block_cache;
+    for round in 0..3 {
+        for i in 0..200 {
+            let got = live(&db, key(round, i).as_bytes());
+            assert_eq!(got.as_deref(), Some(&noise(round * 1000 + i)[..]));
+        }
+    }
+    (
+        before.inserts,
+        db.stats().block_cache.misses - before.misses,
+    )
+}
+
+#[test]
+fn flushes_and_compactions_fill_the_block_cache_while_the_tables_fit_in_half() {
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let opts = |cache_bytes, prepopulate| Options {
+        block_cache_bytes: cache_bytes,
+        block_cache_prepopulate: prepopulate,
+        row_cache_bytes: 0,
+        ..small_opts(clock.clone())
+    };
+    let (filled, misses) = cache_inserts_and_misses(opts(8 << 20, true));
+    assert_eq!(misses, 0);
+    let (none, misses) = cache_inserts_and_misses(opts(8 << 20, false));
+    assert_eq!(none, 0);
+    assert!(misses > 0);
+    // ~190 KB of tables do not fit in half of 256 KiB: only the flushes fill the cache.
+    let (flushes_only, _) = cache_inserts_and_misses(opts(256 << 10, true));
+    assert!(
+        flushes_only > 0 && flushes_only < filled,
+        "{flushes_only} inserts with a small cache, {filled} with a large one"
+    );
+}
+
 fn inode(path: &std::path::Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }

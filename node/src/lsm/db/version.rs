@@ -88,6 +88,11 @@ impl Version {
             .flat_map(|(l, ts)| ts.iter().map(move |t| (l as u32, t)))
     }
 
+    /// Bytes on disk of every table at every level.
+    pub fn table_bytes(&self) -> u64 {
+        self.tables().map(|(_, t)| t.meta().file_bytes).sum()
+    }
+
     pub fn find_table(&self, file_number: u64) -> Option<(u32, &Arc<Table>)> {
         self.tables()
             .find(|(_, t)| t.meta().file_number == file_number)

@@ -29,7 +29,7 @@ use crate::lsm::{BlockAccess, Cached};
 /// value, the option limits) fits with room to spare.
 const RAW_BLOCK_BYTES_MAX: u64 = 512 * 1024 * 1024;
 /// Charged to the block cache per block on top of its bytes: map slot, list node, `Bytes`.
-const CACHE_ENTRY_OVERHEAD_BYTES: usize = 96;
+pub(super) const CACHE_ENTRY_OVERHEAD_BYTES: usize = 96;
 
 thread_local! {
     /// A zstd context is costly to set up, so each reading thread keeps one.

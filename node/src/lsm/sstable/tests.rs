@@ -133,6 +133,32 @@ proptest! {
         prop_assert_eq!(it.count(), model.len());
     }
 
+    /// A builder that fills the cache leaves every data block there as a read would have
+    /// cached it: the whole table reads back right without reading a data block from the file.
+    #[test]
+    fn prop_a_table_built_into_the_cache_reads_back_without_a_miss(
+        model in arb_model(),
+        opts in arb_options(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for every block in every shard, so nothing is evicted.
+        let cache = Arc::new(BlockCache::new(256 << 20));
+        let mut b = TableBuilder::create(dir.path(), FILE, 1, 0, &opts)
+            .unwrap()
+            .fill_cache(Some(Arc::clone(&cache)));
+        for (k, c) in &model {
+            b.add(k, c).unwrap();
+        }
+        b.finish().unwrap();
+        let table = Table::open(dir.path(), FILE, Arc::clone(&cache)).unwrap();
+        let want: Vec<_> = model.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+        prop_assert_eq!(scan(&table), want);
+        for (k, c) in &model {
+            prop_assert_eq!(table.get(k).unwrap(), Some(c.clone()));
+        }
+        prop_assert_eq!(cache.stats().misses, 0);
+    }
+
     /// Any single corrupted byte is caught at open, by a lookup or by the scan; nothing ever
     /// returns data that was not written.
     #[test]
