@@ -19,6 +19,7 @@ fn open(dir: &Path, sync: SyncPolicy) -> Wal {
     let opts = WalOptions {
         sync,
         preallocate_bytes: 64 << 10,
+        recycle_segments_max: 0,
         segment_bytes_max: 1 << 20,
         segment_age_ms_max: 60_000,
     };
