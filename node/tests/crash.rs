@@ -171,8 +171,6 @@ fn kill_repeatedly(sync: &str) {
         verify(dir.path(), acked);
         next = acked + 1;
     }
-    let reusable = node::lsm::wal::list_recyclable(dir.path()).unwrap();
-    assert!(!reusable.is_empty(), "no WAL segment was ever recycled");
 }
 
 #[test]
