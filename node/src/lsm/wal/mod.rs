@@ -4,8 +4,9 @@
 //! The log is a directory of segment files `wal-<id>.log`; one is open for appends at a time
 //! and [`Wal::rotate`] starts the next. A segment can be retired once every record in it is in
 //! an SSTable: [`retire_segment`] renames up to `wal_recycle_segments_max` of them to
-//! `recycle-<id>.wal` for a later segment to reuse, and deletes the rest. The byte layout is in `format.rs` and in docs/storage-format.md ("WAL
-//! segment"), which also gives the rule that tells a torn tail from corruption.
+//! `recycle-<id>.wal` for a later segment to reuse, and deletes the rest. The byte layout is in
+//! `format.rs` and in docs/storage-format.md ("WAL segment"), which also gives the rule that
+//! tells a torn tail from corruption.
 
 mod format;
 mod replay;
